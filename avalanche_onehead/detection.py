@@ -1,0 +1,178 @@
+"""Anchor-free, centre-based detection on one feature stride (FCOS style).
+
+Every location of the stride-``s`` grid predicts ``C`` class logits, four
+distances (left, top, right, bottom) to the box edges and one centre-ness logit.
+A location is positive for a box when it lies inside the box and near its
+centre; positives never depend on predicted boxes, so training starts from
+step one.  Decoding keeps scores above a low threshold, applies per-class NMS
+(``torchvision.ops.batched_nms``) and keeps at most ``max_detections``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
+
+#: channels per location besides the class logits: l, t, r, b, centre-ness
+BOX_CHANNELS = 5
+#: regression is ``exp(x) * stride``; clamp keeps it finite early in training
+_MAX_LOG_DISTANCE = 8.0
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    stride: int = 8
+    center_radius: float = 1.5  # in strides; grows with the box, see ``assign``
+    center_fraction: float = 0.2  # of the box's shorter side
+    score_threshold: float = 0.05
+    nms_iou: float = 0.6
+    pre_nms_topk: int = 1000
+    max_detections: int = 100
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+def grid_centers(h: int, w: int, stride: int, device=None) -> Tensor:
+    """(h*w, 2) pixel centres (x, y) of a stride-``stride`` grid, row-major."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+def assign(
+    boxes: Tensor, labels: Tensor, centers: Tensor, cfg: DetectionConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Targets for one image.
+
+    Returns ``(cls_index (P,), box_targets (P, 4) xyxy, positive mask (P,))`` with
+    ``cls_index = -1`` for negatives.  Among several boxes the smallest wins.
+    """
+    p = centers.shape[0]
+    if boxes.numel() == 0:
+        return (
+            torch.full((p,), -1, dtype=torch.long, device=centers.device),
+            torch.zeros(p, 4, device=centers.device),
+            torch.zeros(p, dtype=torch.bool, device=centers.device),
+        )
+    x, y = centers[:, 0:1], centers[:, 1:2]  # (P,1)
+    x0, y0, x1, y1 = (boxes[:, i][None] for i in range(4))  # (1,N)
+    inside = (x > x0) & (x < x1) & (y > y0) & (y < y1)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    short = torch.minimum(x1 - x0, y1 - y0)
+    radius = torch.clamp(short * cfg.center_fraction, min=cfg.center_radius * cfg.stride)
+    near = ((x - cx).abs() <= radius) & ((y - cy).abs() <= radius)
+    ok = inside & near
+    # a box too small to contain any centre still gets the cell its centre falls in
+    cell = ((x - cx).abs() <= cfg.stride / 2) & ((y - cy).abs() <= cfg.stride / 2)
+    ok = ok | (cell & ~ok.any(dim=0, keepdim=True))
+    area = ((x1 - x0) * (y1 - y0)).expand(p, -1)
+    area = torch.where(ok, area, torch.full_like(area, float("inf")))
+    best_area, best = area.min(dim=1)
+    pos = torch.isfinite(best_area)
+    cls_index = torch.where(pos, labels[best], torch.full_like(best, -1))
+    return cls_index, boxes[best], pos
+
+
+def distances_to_boxes(centers: Tensor, ltrb: Tensor) -> Tensor:
+    return torch.cat([centers - ltrb[:, :2], centers + ltrb[:, 2:]], dim=1)
+
+
+def centerness(centers: Tensor, boxes: Tensor) -> Tensor:
+    l_ = centers[:, 0] - boxes[:, 0]
+    t_ = centers[:, 1] - boxes[:, 1]
+    r_ = boxes[:, 2] - centers[:, 0]
+    b_ = boxes[:, 3] - centers[:, 1]
+    lr = torch.stack([l_, r_], 1).clamp(min=1e-6)
+    tb = torch.stack([t_, b_], 1).clamp(min=1e-6)
+    return torch.sqrt((lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values))
+
+
+def _split(raw: Tensor, num_classes: int, stride: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(C+5, h, w) map -> class logits (P,C), distances (P,4) px, centre-ness logits (P,)."""
+    flat = raw.flatten(1).t()  # (P, C+5)
+    cls_logits = flat[:, :num_classes]
+    ltrb = torch.exp(flat[:, num_classes : num_classes + 4].clamp(max=_MAX_LOG_DISTANCE)) * stride
+    ctr = flat[:, num_classes + 4]
+    return cls_logits, ltrb, ctr
+
+
+def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tensor]:
+    """Focal + GIoU + centre-ness BCE for a batch of raw maps (B, C+5, h, w)."""
+    b, ch, h, w = raw.shape
+    num_classes = ch - BOX_CHANNELS
+    centers = grid_centers(h, w, cfg.stride, raw.device)
+    focal, giou, ctr_loss, n_pos = raw.new_zeros(()), raw.new_zeros(()), raw.new_zeros(()), 0
+    ctr_weight_sum = raw.new_zeros(())
+    for i in range(b):
+        cls_logits, ltrb, ctr = _split(raw[i], num_classes, cfg.stride)
+        t = targets[i]
+        cls_index, box_t, pos = assign(t.boxes, t.labels, centers, cfg)
+        onehot = torch.zeros_like(cls_logits)
+        onehot[pos, cls_index[pos]] = 1.0
+        focal = focal + sigmoid_focal_loss(
+            cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum"
+        )
+        if pos.any():
+            c = centers[pos]
+            pred_boxes = distances_to_boxes(c, ltrb[pos])
+            ctr_t = centerness(c, box_t[pos])
+            giou = giou + (generalized_box_iou_loss(pred_boxes, box_t[pos], reduction="none") * ctr_t).sum()
+            ctr_weight_sum = ctr_weight_sum + ctr_t.sum()
+            ctr_loss = ctr_loss + F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
+            n_pos += int(pos.sum())
+    norm = max(n_pos, 1)
+    return {
+        "focal": focal / norm,
+        "giou": giou / ctr_weight_sum.clamp(min=1e-6),
+        "centerness": ctr_loss / norm,
+    }
+
+
+@dataclass
+class Detections:
+    """Per-image detections: xyxy boxes, scores, contiguous class indices."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+
+def decode(raw: Tensor, cfg: DetectionConfig) -> Detections:
+    """One image's raw map (C+5, h, w) -> detections in network-input pixels."""
+    num_classes = raw.shape[0] - BOX_CHANNELS
+    h, w = raw.shape[1:]
+    centers = grid_centers(h, w, cfg.stride, raw.device)
+    cls_logits, ltrb, ctr = _split(raw.float(), num_classes, cfg.stride)
+    scores = torch.sqrt(torch.sigmoid(cls_logits) * torch.sigmoid(ctr)[:, None]).flatten()
+    keep = scores > cfg.score_threshold
+    idx = keep.nonzero().squeeze(1)
+    if idx.numel() > cfg.pre_nms_topk:
+        idx = idx[scores[idx].topk(cfg.pre_nms_topk).indices]
+    loc, labels = idx // num_classes, idx % num_classes
+    boxes = distances_to_boxes(centers[loc], ltrb[loc])
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w * cfg.stride)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h * cfg.stride)
+    s = scores[idx]
+    keep = batched_nms(boxes, s, labels, cfg.nms_iou)[: cfg.max_detections]
+    return Detections(boxes[keep], s[keep], labels[keep])
+
+
+def encode_targets_as_raw(boxes: Tensor, labels: Tensor, num_classes: int, size: tuple[int, int],
+                          cfg: DetectionConfig, logit: float = 10.0) -> Tensor:
+    """The raw map a perfect model would emit for these boxes (decoding round trips)."""
+    h, w = size[0] // cfg.stride, size[1] // cfg.stride
+    centers = grid_centers(h, w, cfg.stride, boxes.device)
+    cls_index, box_t, pos = assign(boxes, labels, centers, cfg)
+    raw = torch.full((centers.shape[0], num_classes + BOX_CHANNELS), -logit)
+    raw[:, num_classes : num_classes + 4] = 0.0
+    if pos.any():
+        c = centers[pos]
+        ltrb = torch.cat([c - box_t[pos, :2], box_t[pos, 2:] - c], 1).clamp(min=1e-3)
+        raw[pos, num_classes : num_classes + 4] = torch.log(ltrb / cfg.stride)
+        raw[pos, cls_index[pos]] = logit
+        raw[pos, num_classes + 4] = logit
+    return raw.t().reshape(num_classes + BOX_CHANNELS, h, w)
