@@ -161,6 +161,15 @@ def decode(raw: Tensor, cfg: DetectionConfig) -> Detections:
     return Detections(boxes[keep], s[keep], labels[keep])
 
 
+def decode_to_original(raw: Tensor, orig_size: tuple[int, int], cfg: DetectionConfig) -> Detections:
+    """One image's raw map -> detections in ORIGINAL image pixels ((h, w) = ``orig_size``)."""
+    d = decode(raw, cfg)
+    ih, iw = raw.shape[-2] * cfg.stride, raw.shape[-1] * cfg.stride
+    oh, ow = orig_size
+    scale = d.boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
+    return Detections(d.boxes * scale, d.scores, d.labels)
+
+
 def encode_targets_as_raw(boxes: Tensor, labels: Tensor, num_classes: int, size: tuple[int, int],
                           cfg: DetectionConfig, logit: float = 10.0) -> Tensor:
     """The raw map a perfect model would emit for these boxes (decoding round trips)."""

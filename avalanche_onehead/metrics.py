@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
-from .detection import DetectionConfig, decode
+from .detection import DetectionConfig, decode_to_original
 from .targets import DetTargets
 
 
@@ -67,8 +67,8 @@ class DetEvaluator:
     def update(self, raw: Tensor, target: DetTargets) -> None:
         preds, gts = [], []
         for r, t in zip(raw, target.items):
-            d = decode(r, self.cfg)
-            preds.append({"boxes": t.to_original(d.boxes).cpu(), "scores": d.scores.cpu(),
+            d = decode_to_original(r, t.orig_size, self.cfg)
+            preds.append({"boxes": d.boxes.cpu(), "scores": d.scores.cpu(),
                           "labels": d.labels.cpu()})
             gts.append(ground_truth_dict(t))
         self.update_detections(preds, gts)

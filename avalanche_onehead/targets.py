@@ -21,7 +21,7 @@ class SegTarget:
     mask: Tensor
     task = "seg"
 
-    def to(self, device: torch.device | str) -> "SegTarget":
+    def to(self, device: torch.device | str, **kwargs: Any) -> "SegTarget":
         return replace(self, mask=self.mask.to(device))
 
 
@@ -43,7 +43,7 @@ class DetTarget:
     input_size: tuple[int, int] = (0, 0)
     task = "det"
 
-    def to(self, device: torch.device | str) -> "DetTarget":
+    def to(self, device: torch.device | str, **kwargs: Any) -> "DetTarget":
         return replace(
             self,
             boxes=self.boxes.to(device),
@@ -66,7 +66,7 @@ class ClsTarget:
     label: int
     task = "cls"
 
-    def to(self, device: torch.device | str) -> "ClsTarget":
+    def to(self, device: torch.device | str, **kwargs: Any) -> "ClsTarget":
         return self
 
 
@@ -76,7 +76,7 @@ class DetTargets:
 
     items: list[DetTarget]
 
-    def to(self, device: torch.device | str) -> "DetTargets":
+    def to(self, device: torch.device | str, **kwargs: Any) -> "DetTargets":
         return DetTargets([t.to(device) for t in self.items])
 
     def __len__(self) -> int:
@@ -93,7 +93,7 @@ class TaskPart:
     index: Tensor  # positions in the batch, int64
     target: Any  # collated the task's way (see ``tasks.TaskSpec.collate``)
 
-    def to(self, device: torch.device | str) -> "TaskPart":
+    def to(self, device: torch.device | str, **kwargs: Any) -> "TaskPart":
         return TaskPart(self.index.to(device), self.target.to(device))
 
 
@@ -104,7 +104,7 @@ class TaskBatch:
     parts: dict[str, TaskPart]
     batch_size: int
 
-    def to(self, device: torch.device | str) -> "TaskBatch":
+    def to(self, device: torch.device | str, **kwargs: Any) -> "TaskBatch":
         return TaskBatch({k: p.to(device) for k, p in self.parts.items()}, self.batch_size)
 
     def __contains__(self, task: str) -> bool:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .detection import BOX_CHANNELS, DetectionConfig, detection_loss
+from .detection import BOX_CHANNELS, DetectionConfig, decode_to_original, detection_loss
 from .metrics import ClsEvaluator, DetEvaluator, SegEvaluator
 from .targets import ClsTarget, DetTarget, DetTargets, SegTarget
 
@@ -38,6 +38,15 @@ def _cls_loss(raw: Tensor, labels: Tensor, det_cfg: DetectionConfig) -> dict[str
     return {"ce": F.cross_entropy(raw, labels)}
 
 
+def _seg_decode(raw: Tensor, orig_size: tuple[int, int], det_cfg: DetectionConfig) -> Tensor:
+    """(C, h, w) logits -> (H, W) class ids at the original image size."""
+    return upsample_logits(raw[None], orig_size)[0].argmax(0)
+
+
+def _cls_decode(raw: Tensor, orig_size: tuple[int, int], det_cfg: DetectionConfig) -> Tensor:
+    return raw.softmax(-1)
+
+
 def _pool_cls(raw: Tensor) -> Tensor:
     """Classification logits are the spatial mean of the classification channels."""
     return raw.mean(dim=(2, 3))
@@ -55,6 +64,7 @@ class TaskSpec:
     collate: Callable[[list[Any]], Any]
     loss: Callable[[Tensor, Any, DetectionConfig], dict[str, Tensor]]
     make_evaluator: Callable[[int], Any]
+    decode: Callable[[Tensor, tuple[int, int], DetectionConfig], Any]  # one image -> prediction
     reduce: Callable[[Tensor], Tensor] | None = None  # map -> output (e.g. pooling)
 
     def out_channels(self, num_classes: int | None = None) -> int:
@@ -68,18 +78,18 @@ TASKS: dict[str, TaskSpec] = {
             name="seg", label=0, title="semantic segmentation", metric_name="mIoU",
             folder="mini_voc_seg", num_classes=21, extra_channels=0,
             collate=lambda ts: torch.stack([t.mask for t in ts]),
-            loss=_seg_loss, make_evaluator=SegEvaluator,
+            loss=_seg_loss, make_evaluator=SegEvaluator, decode=_seg_decode,
         ),
         TaskSpec(
             name="det", label=1, title="object detection", metric_name="mAP",
             folder="mini_coco_det", num_classes=10, extra_channels=BOX_CHANNELS,
-            collate=DetTargets, loss=_det_loss, make_evaluator=DetEvaluator,
+            collate=DetTargets, loss=_det_loss, make_evaluator=DetEvaluator, decode=decode_to_original,
         ),
         TaskSpec(
             name="cls", label=2, title="image classification", metric_name="Top-1",
             folder="imagenette_160", num_classes=10, extra_channels=0,
             collate=lambda ts: torch.tensor([t.label for t in ts], dtype=torch.long),
-            loss=_cls_loss, make_evaluator=ClsEvaluator, reduce=_pool_cls,
+            loss=_cls_loss, make_evaluator=ClsEvaluator, decode=_cls_decode, reduce=_pool_cls,
         ),
     )
 }

@@ -25,7 +25,8 @@ def inspect(root, tasks, deep: bool = True) -> dict:
                 continue
             ds = load_split(root, task, split)
             if deep:
-                for i in tqdm(range(len(ds)), desc=f"checking {task}/{split}", leave=False, file=sys.stderr):
+                for i in tqdm(range(len(ds)), desc=f"checking {task}/{split}", leave=False, file=sys.stderr,
+                              disable=None):  # no progress bars when stderr is not a terminal
                     ds.load(i)
             splits[split] = ds.summary()
             datasets.append(ds)

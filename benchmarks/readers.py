@@ -113,6 +113,11 @@ class TaskDataset(torch.utils.data.Dataset):
     def summary(self) -> dict[str, Any]:
         return {"images": len(self), "path": str(self.split_dir)}
 
+    @property
+    def class_keys(self) -> list[str]:
+        """Stable identity of each class (index, COCO category id, folder name)."""
+        return [str(i) for i in range(len(self.classes))]
+
 
 class CocoDetection(TaskDataset):
     """COCO-format detection: ``split/`` images + the single JSON that describes them."""
@@ -215,6 +220,10 @@ class CocoDetection(TaskDataset):
             crowd_boxes=boxes[crowd], crowd_labels=raw["labels"][crowd],
             image_id=raw["image_id"], orig_size=tuple(raw["orig_size"]), input_size=tuple(size),
         )
+
+    @property
+    def class_keys(self) -> list[str]:
+        return [str(c) for c in self.category_ids]
 
     def summary(self):
         anns = self.coco.dataset["annotations"]
@@ -342,6 +351,10 @@ class FolderClassification(TaskDataset):
             if not files:
                 raise DatasetError(split_dir / w, "class folder holds no images")
             self.samples += [(p, label) for p in files]
+
+    @property
+    def class_keys(self) -> list[str]:
+        return list(self.wnids)
 
     def load(self, i: int):
         path, label = self.samples[i]

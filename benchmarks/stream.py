@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
 from avalanche.benchmarks.utils.data_attribute import TaskLabels
 
@@ -81,11 +82,13 @@ def build_stream(
     train_split: str = "train",
     test_split: str = "val",
     train_augment: bool = True,
+    max_images: int | None = None,
 ) -> Stream:
     """Train and test streams, index-aligned, one experience per task in ``order``.
 
     Each experience carries its task's fixed label (``TASKS[name].label``)
     whatever the order; the test stream is evaluated after every experience.
+    ``max_images`` keeps only the first images of every split (smoke runs).
     """
     train_tf = JointTransform(image_size, train=train_augment, mean=mean, std=std)
     test_tf = JointTransform(image_size, train=False, mean=mean, std=std)
@@ -94,10 +97,15 @@ def build_stream(
         train_sets[task] = load_split(root, task, train_split, train_tf)
         test_sets[task] = load_split(root, task, test_split, test_tf)
         check_classes(task, (train_sets[task], test_sets[task]))
-    bench = benchmark_from_datasets(
+        if max_images:
+            for ds in (train_sets[task], test_sets[task]):
+                ds.samples = ds.samples[:max_images]
+    # experiences expose ``task_labels``: Avalanche then uses its task-aware loaders,
+    # which take the datasets' collate (ours) for training and replay batches alike
+    bench = with_task_labels(benchmark_from_datasets(
         train=[as_avalanche(train_sets[t], t) for t in order],
         test=[as_avalanche(test_sets[t], t) for t in order],
-    )
+    ))
     det = train_sets.get("det")
     return Stream(
         benchmark=bench, order=list(order), train_sets=train_sets, test_sets=test_sets,

