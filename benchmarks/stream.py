@@ -122,3 +122,22 @@ def describe_stream(stream: Stream) -> str:
                      f"train {len(stream.train_sets[task])} / test {len(stream.test_sets[task])} images, "
                      f"{len(stream.classes[task])} classes, metric {spec.metric_name}")
     return "\n".join(lines)
+
+
+def data_root_of_checkpoint(data_root: str | Path | None, meta: dict) -> DataRoot:
+    """Explicit root, else the one recorded in the checkpoint, else ``./data``.
+
+    A checkpoint trained on the synthetic benchmark regenerates it (same seed)
+    when the recorded folder is gone.
+    """
+    if data_root is not None:
+        return resolve_data_root(data_root)
+    rec = meta.get("data", {})
+    if rec.get("root") and Path(rec["root"]).is_dir():
+        return DataRoot(Path(rec["root"]), bool(rec.get("synthetic")))
+    if rec.get("synthetic"):
+        return DataRoot(synthetic_root(int(rec.get("seed", 0))), True)
+    if Path("data").is_dir():
+        return DataRoot(Path("data").resolve(), False)
+    raise DatasetError(rec.get("root", "data"), "no --data_root given and the checkpoint's training data "
+                       "is not here; pass --data_root")

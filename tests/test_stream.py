@@ -18,7 +18,11 @@ def stream(synthetic_root):
 
 
 def _task_labels(exp) -> list[int]:
-    return sorted(set(int(t) for t in exp.dataset.targets_task_labels))
+    """The experience's task labels, checked against those its samples carry."""
+    from_data = sorted(set(int(t) for t in exp.dataset.targets_task_labels))
+    assert list(exp.task_labels) == from_data
+    assert exp.task_label == from_data[0]
+    return from_data
 
 
 def test_three_train_and_test_experiences(stream):
@@ -105,3 +109,12 @@ def test_single_task_batch_has_only_that_part(stream):
     assert set(targets.parts) == {"cls"} and "seg" not in targets
     assert targets["cls"].index.tolist() == [0, 1, 2, 3]
     assert task_labels.tolist() == [2, 2, 2, 2]
+
+
+def test_max_images_truncates_every_split(synthetic_root):
+    s = build_stream(synthetic_root, order=("det", "cls"), image_size=SIZE, max_images=3)
+    for sets in (s.train_sets, s.test_sets):
+        assert {t: len(ds) for t, ds in sets.items()} == {"det": 3, "cls": 3}
+    assert [len(e.dataset) for e in s.benchmark.train_stream] == [3, 3]
+    assert [len(e.dataset) for e in s.benchmark.test_stream] == [3, 3]
+    assert [_task_labels(e) for e in s.benchmark.train_stream] == [[1], [2]]

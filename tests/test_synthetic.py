@@ -76,6 +76,8 @@ def test_synthetic_loads_through_the_readers(synthetic_root, split):
     assert (len(seg.classes), len(det.classes), len(cls.classes)) == (21, 10, 10)
     assert (len(seg), len(det), len(cls)) == (COUNTS[split], COUNTS[split], 10 * CLS_PER_CLASS[split])
     assert det.category_ids == list(COCO_IDS)
+    assert det.class_keys == [str(c) for c in COCO_IDS]
+    assert cls.class_keys == cls.wnids == sorted(cls.wnids) and seg.class_keys == [str(i) for i in range(21)]
     _, raw = seg.load(0)
     values = set(np.unique(raw["mask"].numpy()).tolist())
     assert 255 in values and values - {0, 255} and values <= set(range(21)) | {255}
