@@ -73,7 +73,13 @@ def evaluate(args) -> dict:
         res = evaluate_dataset(model, ds, task, args.batch, device, args.workers, progress=not args.quiet)
         result[TASKS[task].metric_name] = res.pop(TASKS[task].metric_name)
         result.update({k: v for k, v in res.items() if "/" not in k})
-        result[f"{task}_per_class"] = {k.split("/", 1)[1]: v for k, v in res.items() if "/" in k}
+        names = meta["classes"].get(task, [])
+        per_class = {}
+        for key, value in res.items():
+            if "/" in key:  # "IoU/3", "AP/4", "Acc/2": per-class entries by class index
+                idx = int(key.split("/", 1)[1])
+                per_class[names[idx] if idx < len(names) else str(idx)] = value
+        result[f"{task}_per_class"] = per_class
     result["split"] = args.split
     result["data_root"] = str(root.path)
     result["weights"] = str(args.weights)

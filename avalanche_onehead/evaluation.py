@@ -85,3 +85,81 @@ def evaluate_dataset(model, dataset, task: str, batch_size: int = 8, device: str
         part = targets.parts[task]
         evaluator.update(out[task][part.index.to(device)], part.target.to(device))
     return evaluator.compute()
+
+
+class ForgettingSummary(PluginMetric[float]):
+    """After each evaluation of the whole test stream: forgetting per task (absolute and
+    relative to the task's baseline = its value right after its own stage), backward
+    transfer (BWT), the average metric over the tasks trained so far, and the metric
+    matrix as an image (TensorBoard)."""
+
+    def __init__(self, task_metrics: list[TaskMetric], order: list[str], strategy_name: str = ""):
+        super().__init__()
+        self.task_metrics = task_metrics
+        self.order = list(order)
+        self.strategy_name = strategy_name
+        self.matrix: list[list[float]] = []
+
+    def reset(self) -> None:
+        pass
+
+    def result(self) -> float | None:
+        return None
+
+    def after_eval(self, strategy):
+        trained = strategy.clock.train_exp_counter  # finished training experiences
+        if trained == 0 or trained <= len(self.matrix) - 1:
+            return None
+        row = [float(tm.result() or 0.0) for tm in self.task_metrics]
+        self.matrix = self.matrix[: trained - 1] + [row]
+        values = summary_values(self.matrix, self.order)
+        x = strategy.clock.train_iterations
+        out = [MetricValue(self, f"{k}/eval_phase/test_stream", float(v), x) for k, v in values.items()]
+        try:
+            from avalanche.evaluation.metric_results import TensorImage
+
+            from .figures import figure_to_tensor, matrix_figure
+
+            fig = matrix_figure(summary_document(self.matrix, self.order, self.strategy_name))
+            out.append(MetricValue(self, "MetricMatrix/eval_phase/test_stream",
+                                   TensorImage(figure_to_tensor(fig)), x))
+        except Exception:  # a figure must never stop training
+            pass
+        return out
+
+    def __str__(self) -> str:
+        return "ForgettingSummary"
+
+
+def summary_values(matrix: list[list[float]], order: list[str]) -> dict[str, float]:
+    """Forgetting / relative forgetting per trained task, BWT and average metric."""
+    k = len(matrix)  # stages done; stage i trained order[i]
+    last = matrix[-1]
+    out: dict[str, float] = {}
+    for j in range(k):
+        base = matrix[j][j]
+        task = order[j]
+        out[f"Forgetting/{task}"] = base - last[j]
+        out[f"RelForgetting/{task}"] = 100.0 * (base - last[j]) / base if base > 0 else 0.0
+    if k > 1:
+        out["BWT"] = sum(last[j] - matrix[j][j] for j in range(k - 1)) / (k - 1)
+    out["AvgMetric"] = sum(last[:k]) / k
+    return out
+
+
+def summary_document(matrix: list[list[float]], order: list[str], strategy: str = "") -> dict[str, Any]:
+    """The metrics.json-style summary of a (possibly partial) matrix: baseline = the
+    diagonal (each task right after its own stage), final = the last row."""
+    from .tasks import TASKS
+
+    k = len(matrix)
+    base = {t: matrix[j][j] for j, t in enumerate(order[:k])}
+    final = {t: matrix[-1][j] for j, t in enumerate(order[:k])}
+    return {
+        "strategy": strategy, "tasks": list(order),
+        "metric_names": {t: TASKS[t].metric_name for t in order},
+        "matrix": [list(row) for row in matrix],
+        "baseline": base, "final": final,
+        "drop_pct": {t: (100.0 * (base[t] - final[t]) / base[t] if base[t] > 0 else 0.0) for t in base},
+        "drop_abs": {t: base[t] - final[t] for t in base},
+    }

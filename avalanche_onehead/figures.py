@@ -26,7 +26,7 @@ def matrix_figure(metrics: dict[str, Any]):
                     color="white" if m[i, j] < 0.6 else "black", fontsize=9)
     ax.set_title(f"{metrics['strategy']}: metric after each stage")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    drops = [metrics["drop_pct"][t] for t in tasks]
+    drops = [metrics["drop_pct"].get(t, 0.0) for t in tasks]
     colours = ["tab:red" if d > 5 else "tab:green" for d in drops]
     bx.bar(range(len(tasks)), drops, color=colours)
     bx.axhline(5, color="k", ls="--", lw=1, label="5 % limit")
@@ -37,6 +37,16 @@ def matrix_figure(metrics: dict[str, Any]):
     bx.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def figure_to_tensor(fig):
+    """(3, H, W) uint8 tensor of a figure, closed afterwards (for TensorBoard images)."""
+    import torch
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    plt.close(fig)
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1)
 
 
 def save_matrix_figure(metrics: dict[str, Any], path: str | Path) -> Path:

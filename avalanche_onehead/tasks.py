@@ -98,6 +98,14 @@ TARGET_TYPES = {"seg": SegTarget, "det": DetTarget, "cls": ClsTarget}
 DEFAULT_ORDER = ("seg", "det", "cls")
 
 
+def task_of_label(label: int) -> str:
+    """Task name of an Avalanche task label."""
+    for name, spec in TASKS.items():
+        if spec.label == label:
+            return name
+    raise KeyError(f"no task has label {label}")
+
+
 def parse_tasks(text: str | Sequence[str]) -> list[str]:
     """``"seg,det"`` -> ``["seg", "det"]``; ``"all"`` -> the default order."""
     names = DEFAULT_ORDER if text == "all" else (

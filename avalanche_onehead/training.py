@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import save_checkpoint
-from .evaluation import TaskMetric, metric_key
+from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_document, summary_values
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
 from .plugins import WarmupCosinePlugin
@@ -49,13 +49,27 @@ class RunConfig:
     max_images: int | None = None  # per split, for smoke runs
     task_weights: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # extra ModelConfig fields
+    remedy: dict[str, Any] = field(default_factory=dict)  # strategies.RemedyOptions fields
     progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown run setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """Every stage starts from its own seed, so a resumed run replays it exactly."""
+    return seed * 1000 + stage
 
 
 def param_groups(model: OneHeadNet, lr: float, backbone_mult: float, wd: float) -> list[dict]:
@@ -86,17 +100,12 @@ def default_run_dir(strategy: str) -> Path:
     return Path("runs") / f"{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def summarise(order: list[str], matrix: list[list[float]], trained: list[str]) -> dict[str, Any]:
-    """Baseline = the diagonal (each task right after its own stage), final = last row."""
-    baseline = {t: matrix[trained.index(t)][j] for j, t in enumerate(order)}
-    final = {t: matrix[-1][j] for j, t in enumerate(order)}
-    drop = {t: (100.0 * (baseline[t] - final[t]) / baseline[t] if baseline[t] > 0 else 0.0) for t in order}
-    drop_abs = {t: baseline[t] - final[t] for t in order}
-    return {"baseline": baseline, "final": final, "drop_pct": drop, "drop_abs": drop_abs}
+def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
+    """Train over the stream, evaluate after every experience, write the run folder.
 
-
-def run(cfg: RunConfig, log=print) -> Path:
-    """Train over the stream, evaluate after every experience, write the run folder."""
+    After every stage the run folder gets the stage checkpoint and ``resume.pt``
+    (matrix so far + remedy state); ``resume=True`` continues from there.
+    """
     from avalanche.evaluation.metrics import loss_metrics
     from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
     from avalanche.training import Naive
@@ -104,21 +113,23 @@ def run(cfg: RunConfig, log=print) -> Path:
 
     from benchmarks import build_stream, resolve_data_root
     from benchmarks.stream import describe_stream
-    from strategies import build_plugins, parse_strategy
+    from strategies import RemedyOptions, build_plugins, canonical
 
-    parse_strategy(cfg.strategy)  # fail fast on a bad name
+    strategy_name = canonical(cfg.strategy)  # fail fast on a bad name
+    options = RemedyOptions.from_dict({"num_tasks": len(cfg.order), "seed": cfg.seed, **cfg.remedy})
     root = resolve_data_root(cfg.data_root, cfg.seed)
     log(root.describe())
-    seed_everything(cfg.seed)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.strategy)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(strategy_name)
+    state = load_resume_state(run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
+    seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     model = OneHeadNet(ModelConfig(backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model))
     stream = build_stream(root.path, cfg.order, cfg.image_size, model.mean, model.std,
                           max_images=cfg.max_images)
-    log(f"stream ({' -> '.join(cfg.order)}), image size {cfg.image_size}, strategy {cfg.strategy}:")
+    log(f"stream ({' -> '.join(cfg.order)}), image size {cfg.image_size}, strategy {strategy_name}:")
     log(describe_stream(stream))
     params = count_parameters(model)
     log(f"model: {cfg.backbone} ({model.weights_source or 'random init'}), "
@@ -129,58 +140,56 @@ def run(cfg: RunConfig, log=print) -> Path:
     loggers = [TextLogger(open(run_dir / "log.txt", "a")), TensorboardLogger(str(run_dir / "tb"))]
     if cfg.progress:
         loggers.append(InteractiveLogger())
-    evaluator = EvaluationPlugin(
-        *[TaskMetric(t, len(stream.classes[t])) for t in cfg.order],
-        loss_metrics(epoch=True),
-        loggers=loggers,
-    )
-    plugins = build_plugins(cfg.strategy) + [WarmupCosinePlugin()]
+    task_metrics = [TaskMetric(t, len(stream.classes[t])) for t in cfg.order]
+    summary_metric = ForgettingSummary(task_metrics, cfg.order, strategy_name)
+    evaluator = EvaluationPlugin(*task_metrics, summary_metric, loss_metrics(epoch=True), loggers=loggers)
+    remedies = build_plugins(strategy_name, options)
     strategy = Naive(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
                      train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
-                     plugins=plugins, evaluator=evaluator, eval_every=-1)
+                     plugins=remedies + [WarmupCosinePlugin()], evaluator=evaluator, eval_every=-1)
 
-    meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()}, category_ids=stream.category_ids,
-                image_size=cfg.image_size,
+    meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
+                category_ids=stream.category_ids, image_size=cfg.image_size,
                 data={"root": str(root.path), "synthetic": root.synthetic, "seed": cfg.seed})
-    provenance = {"command": " ".join(sys.argv), "strategy": cfg.strategy, "seed": cfg.seed,
+    provenance = {"command": " ".join(sys.argv), "strategy": strategy_name, "seed": cfg.seed,
                   "order": cfg.order, "commit": git_commit()}
-    matrix: list[list[float]] = []
-    extras: list[dict[str, float]] = []
-    stage_seconds: dict[str, float] = {}
+    progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
+    train_exps = list(stream.benchmark.train_stream)
+    if state is not None:
+        progress = restore_progress(state, run_dir, cfg, model, strategy, remedies, train_exps, summary_metric)
+        log(f"resuming {run_dir} after stage {progress['done']} ({', '.join(cfg.order[:progress['done']])})")
     loader_kw = {"num_workers": cfg.workers, "persistent_workers": False}
-    t_all = time.perf_counter()
-    for i, exp in enumerate(stream.benchmark.train_stream):
-        task = cfg.order[i]
+    for i in range(progress["done"], len(cfg.order)):
+        task, exp = cfg.order[i], train_exps[i]
+        seed_everything(stage_seed(cfg.seed, i))
         strategy.train_epochs = cfg.epochs.get(task, 1)
         log(f"== stage {i + 1}/{len(cfg.order)}: {task} ({strategy.train_epochs} epochs)")
         t0 = time.perf_counter()
         strategy.train(exp, reset_optimizer_state=True, drop_last=True, **loader_kw)
-        stage_seconds[task] = time.perf_counter() - t0
+        progress["stage_seconds"][task] = time.perf_counter() - t0
         results = strategy.eval(stream.benchmark.test_stream, **loader_kw)
         row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(cfg.order)]
-        matrix.append(row)
-        extras.append({k: float(v) for k, v in results.items() if isinstance(v, (int, float)) and "eval_phase" in k})
+        progress["matrix"].append(row)
+        progress["extras"].append({k: float(v) for k, v in results.items()
+                                   if isinstance(v, (int, float)) and "eval_phase" in k})
+        progress["done"] = i + 1
         log(f"   after {task}: " + ", ".join(f"{t} {TASKS[t].metric_name} {v:.4f}" for t, v in zip(cfg.order, row)))
         save_checkpoint(run_dir / f"stage{i + 1}_{task}.pt", model, **meta,
                         provenance={**provenance, "stage": i + 1, "trained": cfg.order[: i + 1]})
-    train_seconds = time.perf_counter() - t_all
+        save_resume_state(run_dir, progress, remedies)
 
     save_checkpoint(run_dir / "model.pt", model, **meta, provenance={**provenance, "stage": len(cfg.order),
                                                                     "trained": cfg.order})
-    summary = summarise(cfg.order, matrix, cfg.order)
-    det_j = cfg.order.index("det") if "det" in cfg.order else None
     metrics = {
-        "strategy": cfg.strategy, "seed": cfg.seed, "tasks": cfg.order,
-        "metric_names": {t: TASKS[t].metric_name for t in cfg.order},
-        "matrix": matrix, **summary,
-        "params": int(params["total"]), "train_seconds": float(train_seconds),
-        "stage_seconds": stage_seconds, "image_size": cfg.image_size,
+        **summary_document(progress["matrix"], cfg.order, strategy_name), "seed": cfg.seed,
+        "params": int(params["total"]), "train_seconds": float(sum(progress["stage_seconds"].values())),
+        "stage_seconds": progress["stage_seconds"], "image_size": cfg.image_size, "epochs": cfg.epochs,
         "data_root": str(root.path), "synthetic": root.synthetic,
     }
-    if det_j is not None:
-        metrics["mAP50_matrix"] = [[float(e.get(metric_key("mAP50", "det", det_j), 0.0))] for e in extras]
+    metrics.update(extra_matrices(progress["extras"], cfg.order))
+    metrics.update(summary_values(progress["matrix"], cfg.order) if len(cfg.order) > 1 else {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "metrics_detail.json").write_text(json.dumps(extras, indent=2))
+    (run_dir / "metrics_detail.json").write_text(json.dumps(progress["extras"], indent=2))
     try:
         from .figures import save_matrix_figure
 
@@ -190,5 +199,52 @@ def run(cfg: RunConfig, log=print) -> Path:
     for lg in loggers:
         if hasattr(lg, "close"):
             lg.close()
-    log(f"run folder: {run_dir}  (train {train_seconds / 60:.1f} min)")
+    log(f"run folder: {run_dir}  (train {metrics['train_seconds'] / 60:.1f} min)")
     return run_dir
+
+
+def extra_matrices(extras: list[dict[str, float]], order: list[str]) -> dict[str, Any]:
+    """Secondary metrics after every stage, e.g. ``mAP50`` of detection."""
+    out: dict[str, Any] = {}
+    if "det" in order:
+        j = order.index("det")
+        out["mAP50_matrix"] = [float(e.get(metric_key("mAP50", "det", j), 0.0)) for e in extras]
+        out["final_mAP50"] = out["mAP50_matrix"][-1] if extras else 0.0
+    return out
+
+
+RESUME_FILE = "resume.pt"
+
+
+def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
+    state = {"progress": progress,
+             "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}
+    tmp = run_dir / f".{RESUME_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / RESUME_FILE)
+
+
+def load_resume_state(run_dir: Path) -> dict[str, Any]:
+    from .errors import OneHeadError
+
+    f = Path(run_dir) / RESUME_FILE
+    if not f.is_file():
+        raise OneHeadError(run_dir, f"nothing to resume: no {RESUME_FILE} (no stage finished yet?)")
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def restore_progress(state, run_dir: Path, cfg: RunConfig, model, strategy, remedies, train_exps,
+                     summary_metric) -> dict[str, Any]:
+    """Weights of the last finished stage, remedy state, Avalanche's experience counter."""
+    from .checkpoint import read_checkpoint
+
+    progress = state["progress"]
+    done = int(progress["done"])
+    ckpt = read_checkpoint(run_dir / f"stage{done}_{cfg.order[done - 1]}.pt")
+    model.load_state_dict(ckpt["state_dict"])
+    for p in remedies:
+        if hasattr(p, "restore"):
+            p.restore(state["remedies"].get(type(p).__name__, {}), strategy, train_exps[:done])
+    strategy.clock.train_exp_counter = done
+    summary_metric.matrix = [list(r) for r in progress["matrix"]]
+    return progress

@@ -3,10 +3,14 @@
 
     python experiments/run.py --strategy naive --data-root data
     python experiments/run.py --tasks det          # one task alone (a single-task baseline)
+    python experiments/run.py --strategy ewc+replay --ewc-lambda 5000
+    python experiments/run.py --config experiments/configs/NAME.json
+    python experiments/run.py --resume runs/ewc+replay-20261121-101500
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,7 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images per split")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--config", default=None,
+                   help="JSON file of run settings (RunConfig fields, remedy options under 'remedy'); "
+                        "command-line flags given explicitly override it")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a killed run from its last finished stage (same settings)")
+    g = p.add_argument_group("remedy options")
+    g.add_argument("--ewc-lambda", type=float, help="EWC penalty weight (default 1000)")
+    g.add_argument("--ewc-mode", choices=["separate", "online"], help="EWC mode (default separate)")
+    g.add_argument("--ewc-decay", type=float, help="online EWC decay (default 0.9)")
+    g.add_argument("--replay-mem", type=int, dest="replay_mem_per_task", help="stored images per task (default 10)")
+    g.add_argument("--replay-per-step", type=int, help="replayed images per earlier task per step, <= 10 (default 2)")
+    g.add_argument("--lwf-alpha", type=float, help="LwF distillation weight (default 1)")
+    g.add_argument("--lwf-temperature", type=float, help="LwF temperature (default 2)")
+    g.add_argument("--kd-weight", type=float, help="feature distillation weight (default 1)")
     return p
+
+
+REMEDY_FLAGS = ("ewc_lambda", "ewc_mode", "ewc_decay", "replay_mem_per_task", "replay_per_step",
+                "lwf_alpha", "lwf_temperature", "kd_weight")
 
 
 def _cuda() -> bool:
@@ -69,24 +91,59 @@ def main(argv=None) -> int:
         for r in REMEDIES.values():
             print(f"{r.name:10s} {r.summary}")
         return 0
-    from avalanche_onehead.tasks import parse_tasks
     from avalanche_onehead.training import RunConfig, run
-    from benchmarks import resolve_data_root
 
     with fail():
-        order = parse_tasks(args.order)
-        if args.tasks:
-            chosen = parse_tasks(args.tasks)
-            order = [t for t in order if t in chosen] + [t for t in chosen if t not in order]
-        synthetic = resolve_data_root(args.data_root, args.seed).synthetic
-        epochs_text = args.epochs or ("2" if synthetic else "8")
-        cfg = RunConfig(strategy=args.strategy, data_root=args.data_root, order=order,
-                        epochs=parse_epochs(epochs_text, order), image_size=args.image_size,
-                        backbone=args.backbone, pretrained=not args.no_pretrained, seed=args.seed,
-                        device=args.device, out=args.out, batch_size=args.batch_size, lr=args.lr,
-                        workers=args.workers, max_images=args.max_images, progress=not args.no_progress)
-        run(cfg)
+        if args.resume:
+            cfg_file = Path(args.resume) / "config.json"
+            if not cfg_file.is_file():
+                raise FileNotFoundError(f"{cfg_file}: not a run folder (no config.json)")
+            cfg = RunConfig.from_dict(json.loads(cfg_file.read_text()))
+            cfg.out, cfg.progress = args.resume, not args.no_progress
+            run(cfg, resume=True)
+        else:
+            run(make_config(args))
     return 0
+
+
+def make_config(args):
+    """Defaults < --config file < flags given on the command line."""
+    from avalanche_onehead.tasks import parse_tasks
+    from avalanche_onehead.training import RunConfig
+    from benchmarks import resolve_data_root
+
+    given = {a.dest for a in build_parser()._actions
+             if a.dest != "help" and getattr(args, a.dest) != a.default}
+    settings: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+    flag_to_field = {"strategy": "strategy", "data_root": "data_root", "image_size": "image_size",
+                     "backbone": "backbone", "seed": "seed", "device": "device", "out": "out",
+                     "batch_size": "batch_size", "lr": "lr", "workers": "workers", "max_images": "max_images"}
+    for flag, fld in flag_to_field.items():
+        if flag in given or fld not in settings:
+            settings[fld] = getattr(args, flag)
+    if "no_pretrained" in given:
+        settings["pretrained"] = False
+    settings["progress"] = not args.no_progress
+    order = parse_tasks(args.order if "order" in given or "order" not in settings else settings["order"])
+    if args.tasks:
+        chosen = parse_tasks(args.tasks)
+        order = [t for t in order if t in chosen] + [t for t in chosen if t not in order]
+    settings["order"] = order
+    if "epochs" in given or "epochs" not in settings:
+        synthetic = resolve_data_root(settings["data_root"], settings["seed"]).synthetic
+        settings["epochs"] = parse_epochs(args.epochs or ("2" if synthetic else "8"), order)
+    else:
+        settings["epochs"] = {t: int(settings["epochs"].get(t, 8)) for t in order}
+    remedy = dict(settings.get("remedy", {}))
+    remedy.update({k: getattr(args, k) for k in REMEDY_FLAGS if getattr(args, k) is not None})
+    settings["remedy"] = remedy
+    return RunConfig.from_dict(settings)
 
 
 if __name__ == "__main__":

@@ -1,45 +1,123 @@
-"""One registry of remedies; ``--strategy`` names are joined with ``+``."""
+"""One registry of remedies; ``--strategy`` names are joined with ``+`` in any order.
+
+To add a remedy: write its plugin(s) in ``remedies.py`` and add one ``Remedy`` entry
+below; options it needs go into :class:`RemedyOptions`.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
+
+from .remedies import FeatureKD, LwFDistillation, OneHeadEWC, PreviousModel, TaskBudgetReplay
+
+
+@dataclass
+class RemedyOptions:
+    ewc_lambda: float = 1000.0
+    ewc_mode: str = "separate"  # or "online"
+    ewc_decay: float = 0.9  # online mode only
+    replay_mem_per_task: int = 10
+    replay_per_step: int = 2  # replayed images per earlier task per step, <= 10
+    lwf_alpha: float = 1.0
+    lwf_temperature: float = 2.0
+    lwf_det_threshold: float = 0.3
+    kd_weight: float = 1.0
+    num_tasks: int = 3
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RemedyOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown remedy option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+class _Shared:
+    """Objects several remedies share within one strategy (the teacher)."""
+
+    def __init__(self) -> None:
+        self.teacher: PreviousModel | None = None
+
+    def previous_model(self, plugins: list[Any]) -> PreviousModel:
+        if self.teacher is None:
+            self.teacher = PreviousModel()
+            plugins.insert(0, self.teacher)  # snapshot before the distillers need it
+        return self.teacher
+
+
+def _ewc(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
+    if o.ewc_mode not in ("separate", "online"):
+        raise ValueError(f"ewc_mode must be 'separate' or 'online', not {o.ewc_mode!r}")
+    return [OneHeadEWC(o.ewc_lambda, mode=o.ewc_mode,
+                       decay_factor=o.ewc_decay if o.ewc_mode == "online" else None)]
+
+
+def _replay(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
+    return [TaskBudgetReplay(o.replay_mem_per_task, o.replay_per_step, o.num_tasks, o.seed)]
+
+
+def _lwf(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
+    return [LwFDistillation(shared.previous_model(plugins), o.lwf_alpha, o.lwf_temperature, o.lwf_det_threshold)]
+
+
+def _kd(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
+    return [FeatureKD(shared.previous_model(plugins), o.kd_weight)]
 
 
 @dataclass(frozen=True)
 class Remedy:
     name: str
     summary: str
-    make: Callable[..., list[Any]]  # (**options) -> Avalanche plugins
+    make: Callable[[RemedyOptions, _Shared, list[Any]], list[Any]]
 
 
 REMEDIES: dict[str, Remedy] = {
     r.name: r
     for r in (
         Remedy("naive", "no remedy: fine-tune on each task in turn (the forgetting lower bound)",
-               lambda **_: []),
+               lambda o, s, p: []),
+        Remedy("ewc", "Elastic Weight Consolidation (Avalanche EWCPlugin): Fisher-weighted pull towards "
+                      "earlier weights (ewc_lambda, ewc_mode separate|online, ewc_decay)", _ewc),
+        Remedy("replay", "task-balanced replay (Avalanche ReplayPlugin): replay_mem_per_task stored, "
+                         "replay_per_step (<= 10) replayed per earlier task per step", _replay),
+        Remedy("lwf", "Learning without Forgetting on dense outputs: distil the earlier tasks' output "
+                      "channels from the previous model (lwf_alpha, lwf_temperature)", _lwf),
+        Remedy("kd", "feature distillation: MSE to the previous model's neck features (kd_weight)", _kd),
     )
 }
 
 
 def parse_strategy(spec: str) -> list[str]:
     """``"ewc+replay"`` -> ``["ewc", "replay"]``; unknown or repeated names are one clear error."""
-    names = [n.strip().lower() for n in spec.split("+") if n.strip()]
+    names = [n.strip().lower() for n in spec.split("+")]
     known = ", ".join(REMEDIES)
-    if not names:
-        raise ValueError(f"empty --strategy; known remedies: {known}")
+    if not spec.strip() or any(not n for n in names):
+        raise ValueError(f"bad --strategy {spec!r}: names joined by '+'; known remedies: {known}")
     unknown = [n for n in names if n not in REMEDIES]
     if unknown:
         raise ValueError(f"unknown remedy {unknown[0]!r} in --strategy {spec!r}; known remedies: {known}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"remedy {repeated[0]!r} named twice in --strategy {spec!r}")
+        raise ValueError(f"remedy {repeated[0]!r} named twice in --strategy {spec!r}; known remedies: {known}")
     if "naive" in names and len(names) > 1:
         raise ValueError("'naive' means no remedy and cannot be combined with others")
     return names
 
 
-def build_plugins(spec: str, **options: Any) -> list[Any]:
+def canonical(spec: str) -> str:
+    """Order-independent name: ``"replay+ewc"`` -> ``"ewc+replay"`` (registry order)."""
+    names = parse_strategy(spec)
+    return "+".join(n for n in REMEDIES if n in names)
+
+
+def build_plugins(spec: str, options: RemedyOptions | None = None) -> list[Any]:
+    """The Avalanche plugins of a strategy spec, in a working order (teacher first)."""
+    o = options or RemedyOptions()
     plugins: list[Any] = []
-    for name in parse_strategy(spec):
-        plugins += REMEDIES[name].make(**options)
+    shared = _Shared()
+    for name in REMEDIES:  # registry order: the composition does not depend on spelling order
+        if name in parse_strategy(spec):
+            plugins += REMEDIES[name].make(o, shared, plugins)
     return plugins

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Compare forgetting remedies on the same seed and data: a markdown table and a plot.
+
+    python experiments/compare.py --strategies naive,ewc,lwf,replay,ewc+replay --data-root data
+    python experiments/compare.py --runs runs/naive-real runs/ewc-real     # collect existing runs
+
+Each strategy trains into OUT/<strategy>/ (all TensorBoard logs under OUT, so
+``tensorboard --logdir OUT`` overlays them); a strategy whose folder already holds
+metrics.json is collected, not retrained, and a killed one is resumed.
+Writes OUT/comparison.md, OUT/comparison.json and OUT/comparison.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def load_run(folder: Path) -> dict:
+    f = folder / "metrics.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{folder}: no metrics.json (not a finished run folder)")
+    m = json.loads(f.read_text())
+    m["folder"] = str(folder)
+    return m
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown: final metric and relative drop per task, BWT, average, train time, overhead."""
+    tasks = runs[0]["tasks"]
+    names = runs[0]["metric_names"]
+    naive = next((r for r in runs if r["strategy"] == "naive"), None)
+    head = ["strategy"] + [f"{t} {names[t]} (drop %)" for t in tasks] + ["BWT", "avg", "train min", "× naive time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        cells = [f"`{r['strategy']}`"]
+        cells += [f"{r['final'][t]:.3f} ({r['drop_pct'][t]:+.1f})" for t in tasks]
+        cells.append(f"{r.get('BWT', 0.0):+.3f}")
+        cells.append(f"{r.get('AvgMetric', sum(r['final'].values()) / len(tasks)):.3f}")
+        cells.append(f"{r['train_seconds'] / 60:.1f}")
+        cells.append(f"{r['train_seconds'] / naive['train_seconds']:.2f}" if naive else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    base = "; ".join(f"{t}: " + ", ".join(f"{r['strategy']} {r['baseline'][t]:.3f}" for r in runs) for t in tasks)
+    return "\n".join(lines) + f"\n\nBaselines (diagonal): {base}\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = runs[0]["tasks"]
+    names = runs[0]["metric_names"]
+    x = np.arange(len(tasks))
+    w = 0.8 / len(runs)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, r in enumerate(runs):
+        ax.bar(x + k * w, [r["final"][t] for t in tasks], w, label=r["strategy"])
+        bx.bar(x + k * w, [r["drop_pct"][t] for t in tasks], w, label=r["strategy"])
+    for a, title in ((ax, "final metric (val)"), (bx, "drop vs own baseline (%)")):
+        a.set_xticks(x + 0.4 - w / 2, [f"{t} {names[t]}" for t in tasks])
+        a.set_title(title)
+    bx.axhline(5, color="k", ls="--", lw=1)
+    bx.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategies", default="naive,ewc,lwf,replay,ewc+replay")
+    p.add_argument("--runs", nargs="*", default=None, help="collect these finished run folders instead")
+    p.add_argument("--out", default=None, help="comparison folder (default runs/compare-<timestamp>)")
+    p.add_argument("run_args", nargs=argparse.REMAINDER,
+                   help="after '--': options passed to run.py for every strategy (e.g. -- --epochs 2)")
+    args, extra = p.parse_known_args(argv)
+    run_args = [a for a in (args.run_args + extra) if a != "--"]
+    from avalanche_onehead.cli import fail
+
+    with fail():
+        out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.mkdir(parents=True, exist_ok=True)
+        if args.runs:
+            runs = [load_run(Path(f)) for f in args.runs]
+        else:
+            runs = [train_or_collect(s.strip(), out, run_args) for s in args.strategies.split(",") if s.strip()]
+        if len({tuple(r["tasks"]) for r in runs}) != 1:
+            raise ValueError("the runs do not share the same task order; compare like with like")
+        md = table(runs)
+        (out / "comparison.md").write_text(md)
+        (out / "comparison.json").write_text(json.dumps(runs, indent=2))
+        plot(runs, out / "comparison.png")
+    print(md)
+    print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
+    return 0
+
+
+def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
+    from strategies import canonical
+
+    import run as run_cli  # experiments/run.py
+
+    folder = out / canonical(strategy)
+    if (folder / "metrics.json").is_file():
+        print(f"{strategy}: collected {folder}")
+    elif (folder / "resume.pt").is_file():
+        run_cli.main(["--resume", str(folder)])
+    else:
+        run_cli.main(["--strategy", strategy, "--out", str(folder), *run_args])
+    return load_run(folder)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Forgetting remedies as Avalanche plugins for the multi-output one-head model.
+
+* :class:`OneHeadEWC` - Avalanche's stock ``EWCPlugin`` (separate / online), plus the
+  state a resumed run needs.
+* :class:`TaskBudgetReplay` - Avalanche's ``ReplayPlugin`` with an experience- (= task-)
+  balanced buffer of a fixed size per task and a hard cap on the replayed images per
+  earlier task in every step (the challenge allows at most 10).
+* :class:`PreviousModel` - a frozen copy of the model from before the experience, the
+  teacher shared by :class:`LwFDistillation` (output distillation of the earlier
+  tasks' channel groups) and :class:`FeatureKD` (neck-feature distillation).
+
+Why our own distillation: Avalanche's ``LwFPlugin`` assumes 2-D classification logits
+and class targets; here the earlier tasks' outputs are dense maps.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EWCPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ExperienceBalancedBuffer
+from avalanche.training.utils import ParamData
+from torch import Tensor
+
+from avalanche_onehead.detection import BOX_CHANNELS
+from avalanche_onehead.tasks import task_of_label
+
+MAX_REPLAY_PER_TASK_PER_STEP = 10  # challenge rule
+
+
+def current_task(strategy) -> str:
+    return task_of_label(int(strategy.experience.task_labels[0]))
+
+
+class OneHeadEWC(EWCPlugin):
+    """Stock EWC (its penalty is added in ``before_backward``); resumable."""
+
+    def resume_state(self) -> dict[str, Any]:
+        pack = lambda d: {int(t): {k: p.data.clone() for k, p in ps.items()} for t, ps in d.items()}  # noqa: E731
+        return {"saved_params": pack(self.saved_params), "importances": pack(self.importances)}
+
+    def restore(self, state: dict[str, Any], strategy, finished) -> None:
+        for attr in ("saved_params", "importances"):
+            target = getattr(self, attr)
+            target.clear()
+            for t, ps in state[attr].items():
+                target[int(t)] = {k: ParamData(k, v.shape, init_tensor=v.clone(), device=v.device)
+                                  for k, v in ps.items()}
+
+
+class TaskBudgetReplay(ReplayPlugin):
+    """Replay with ``mem_per_task`` stored images per task and ``per_step`` replayed
+    images per earlier task in each training step (``per_step`` <= 10, enforced)."""
+
+    def __init__(self, mem_per_task: int = 10, per_step: int = 2, num_tasks: int = 3, seed: int = 0):
+        if not 1 <= per_step <= MAX_REPLAY_PER_TASK_PER_STEP:
+            raise ValueError(f"replay per_step={per_step}: the challenge allows 1..{MAX_REPLAY_PER_TASK_PER_STEP} "
+                             "replayed images per earlier task per step")
+        if mem_per_task < per_step:
+            raise ValueError(f"replay memory per task ({mem_per_task}) is smaller than per_step ({per_step})")
+        policy = ExperienceBalancedBuffer(mem_per_task * num_tasks, adaptive_size=False,
+                                          num_experiences=num_tasks)
+        super().__init__(mem_size=mem_per_task * num_tasks, batch_size_mem=per_step,
+                         task_balanced_dataloader=True, storage_policy=policy)
+        self.mem_per_task = mem_per_task
+        self.per_step = per_step
+        self.seed = seed
+
+    def memory_tasks(self) -> int:
+        return len(self.storage_policy.buffer_groups)
+
+    def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True,
+                            drop_last: bool = False, **kwargs):
+        # the memory batch is split evenly over the stored tasks: per_step each
+        self.batch_size_mem = self.per_step * max(self.memory_tasks(), 1)
+        return super().before_training_exp(strategy, num_workers=num_workers, shuffle=shuffle,
+                                           drop_last=drop_last, **kwargs)
+
+    def _update_seeded(self, strategy, exp, index: int) -> None:
+        # seeded on its own: a resumed run rebuilds the very same memory
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 7919 + index)
+            self.storage_policy.post_adapt(strategy, exp)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self._update_seeded(strategy, strategy.experience, strategy.experience.current_experience)
+
+    def resume_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any], strategy, finished) -> None:
+        for exp in finished:
+            self._update_seeded(strategy, exp, exp.current_experience)
+
+
+class PreviousModel(SupervisedPlugin):
+    """Frozen copy of the model taken before each experience (after the first one),
+    with its outputs on the current mini-batch computed once per iteration."""
+
+    def __init__(self):
+        super().__init__()
+        self.teacher: torch.nn.Module | None = None
+        self.trained: list[str] = []  # tasks the teacher has learned
+        self._cache_key: int | None = None
+        self._cache = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.teacher = None
+        if self.trained:
+            self.teacher = copy.deepcopy(strategy.model).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+    def after_training_exp(self, strategy, **kwargs):
+        task = current_task(strategy)
+        if task not in self.trained:
+            self.trained.append(task)
+
+    def earlier_tasks(self, strategy) -> list[str]:
+        now = current_task(strategy)
+        return [t for t in self.trained if t != now]
+
+    @torch.no_grad()
+    def outputs(self, strategy):
+        key = strategy.clock.train_iterations
+        if self._cache_key != key:
+            self._cache = self.teacher(strategy.mb_x)
+            self._cache_key = key
+        return self._cache
+
+    def resume_state(self) -> dict[str, Any]:
+        return {"trained": list(self.trained)}
+
+    def restore(self, state: dict[str, Any], strategy, finished) -> None:
+        self.trained = list(state["trained"])
+
+
+def seg_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Per-pixel KL(teacher || student) of segmentation logits (stride-8 maps)."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="none").sum(1)
+    return kl.mean() * t * t
+
+
+def cls_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
+
+
+def det_distillation(student: Tensor, teacher: Tensor, threshold: float) -> Tensor:
+    """Soft class targets everywhere + box/centre-ness where the teacher is confident."""
+    c = student.shape[1] - BOX_CHANNELS
+    t_prob = torch.sigmoid(teacher[:, :c])
+    cls_term = F.binary_cross_entropy_with_logits(student[:, :c], t_prob, reduction="none").sum(1)
+    confident = t_prob.max(1).values > threshold  # (B, h, w)
+    loss = cls_term.mean()
+    if confident.any():
+        box_s = student[:, c:c + 4].permute(0, 2, 3, 1)[confident]
+        box_t = teacher[:, c:c + 4].permute(0, 2, 3, 1)[confident]
+        ctr_s = student[:, c + 4][confident]
+        ctr_t = torch.sigmoid(teacher[:, c + 4][confident])
+        loss = loss + F.smooth_l1_loss(box_s, box_t) + F.binary_cross_entropy_with_logits(ctr_s, ctr_t)
+    return loss
+
+
+DISTILLERS = {
+    "seg": lambda s, t, plugin: seg_distillation(s, t, plugin.temperature),
+    "det": lambda s, t, plugin: det_distillation(s, t, plugin.det_threshold),
+    "cls": lambda s, t, plugin: cls_distillation(s, t, plugin.temperature),
+}
+
+
+class LwFDistillation(SupervisedPlugin):
+    """Learning without Forgetting for dense outputs: on every training batch (current
+    and replayed images) the EARLIER tasks' output channel groups are pulled towards
+    the teacher's: temperature-KL on classification logits, per-pixel KL on
+    segmentation logits, soft focal-free BCE + box terms on detection."""
+
+    def __init__(self, teacher: PreviousModel, alpha: float = 1.0, temperature: float = 2.0,
+                 det_threshold: float = 0.3):
+        super().__init__()
+        self.teacher = teacher
+        self.alpha = alpha
+        self.temperature = temperature
+        self.det_threshold = det_threshold
+        self.last = 0.0
+
+    def penalty(self, strategy) -> Tensor | None:
+        if self.teacher.teacher is None:
+            return None
+        tasks = self.teacher.earlier_tasks(strategy)
+        if not tasks:
+            return None
+        t_out = self.teacher.outputs(strategy)
+        s_out = strategy.mb_output
+        return sum(DISTILLERS[t](s_out[t], t_out[t], self) for t in tasks)
+
+    def before_backward(self, strategy, **kwargs):
+        p = self.penalty(strategy)
+        if p is not None:
+            self.last = float(p.detach())
+            strategy.loss = strategy.loss + self.alpha * p
+
+
+class FeatureKD(SupervisedPlugin):
+    """Feature-level distillation: MSE between the student's and the previous model's
+    neck features (the input of the single head) on every training batch."""
+
+    def __init__(self, teacher: PreviousModel, weight: float = 1.0):
+        super().__init__()
+        self.teacher = teacher
+        self.weight = weight
+        self.last = 0.0
+
+    def penalty(self, strategy) -> Tensor | None:
+        if self.teacher.teacher is None:
+            return None
+        return F.mse_loss(strategy.mb_output.features, self.teacher.outputs(strategy).features)
+
+    def before_backward(self, strategy, **kwargs):
+        p = self.penalty(strategy)
+        if p is not None:
+            self.last = float(p.detach())
+            strategy.loss = strategy.loss + self.weight * p
