@@ -137,7 +137,7 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay))
     criterion = OneHeadCriterion(model.cfg.det_cfg, cfg.task_weights)
-    loggers = [TextLogger(open(run_dir / "log.txt", "a")), TensorboardLogger(str(run_dir / "tb"))]
+    loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), TensorboardLogger(str(run_dir / "tb"))]
     if cfg.progress:
         loggers.append(InteractiveLogger())
     task_metrics = [TaskMetric(t, len(stream.classes[t])) for t in cfg.order]
@@ -165,7 +165,9 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         strategy.train_epochs = cfg.epochs.get(task, 1)
         log(f"== stage {i + 1}/{len(cfg.order)}: {task} ({strategy.train_epochs} epochs)")
         t0 = time.perf_counter()
-        strategy.train(exp, reset_optimizer_state=True, drop_last=True, **loader_kw)
+        # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
+        drop_last = len(exp.dataset) >= cfg.batch_size
+        strategy.train(exp, reset_optimizer_state=True, drop_last=drop_last, **loader_kw)
         progress["stage_seconds"][task] = time.perf_counter() - t0
         results = strategy.eval(stream.benchmark.test_stream, **loader_kw)
         row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(cfg.order)]
@@ -176,6 +178,8 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         log(f"   after {task}: " + ", ".join(f"{t} {TASKS[t].metric_name} {v:.4f}" for t, v in zip(cfg.order, row)))
         save_checkpoint(run_dir / f"stage{i + 1}_{task}.pt", model, **meta,
                         provenance={**provenance, "stage": i + 1, "trained": cfg.order[: i + 1]})
+        # Avalanche's iteration counters are the x axis of every logged metric: a resumed run goes on from them
+        progress["clock"] = {k: int(getattr(strategy.clock, k)) for k in CLOCK_COUNTERS}
         save_resume_state(run_dir, progress, remedies)
 
     save_checkpoint(run_dir / "model.pt", model, **meta, provenance={**provenance, "stage": len(cfg.order),
@@ -214,6 +218,7 @@ def extra_matrices(extras: list[dict[str, float]], order: list[str]) -> dict[str
 
 
 RESUME_FILE = "resume.pt"
+CLOCK_COUNTERS = ("train_iterations", "total_iterations")
 
 
 def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
@@ -245,6 +250,8 @@ def restore_progress(state, run_dir: Path, cfg: RunConfig, model, strategy, reme
     for p in remedies:
         if hasattr(p, "restore"):
             p.restore(state["remedies"].get(type(p).__name__, {}), strategy, train_exps[:done])
+    for k, v in progress.get("clock", {}).items():
+        setattr(strategy.clock, k, int(v))
     strategy.clock.train_exp_counter = done
     summary_metric.matrix = [list(r) for r in progress["matrix"]]
     return progress

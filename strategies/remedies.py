@@ -108,7 +108,7 @@ class PreviousModel(SupervisedPlugin):
         self._cache = None
 
     def before_training_exp(self, strategy, **kwargs):
-        self.teacher = None
+        self.teacher, self._cache_key, self._cache = None, None, None
         if self.trained:
             self.teacher = copy.deepcopy(strategy.model).eval()
             for p in self.teacher.parameters():

@@ -1,0 +1,242 @@
+"""The one-head network: shapes, rules, pretrained weights, BN freezing, predict, criterion."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from avalanche_onehead.backbones import lite0_state_dict
+from avalanche_onehead.compliance import head_report, neck_report
+from avalanche_onehead.losses import OneHeadCriterion
+from avalanche_onehead.model import OneHeadNet, count_parameters, create_model
+from avalanche_onehead.targets import collate_onehead
+from avalanche_onehead.tasks import TASKS
+from benchmarks import build_stream
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    torch.manual_seed(0)
+    return create_model(pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def pretrained_model():
+    return create_model().eval()
+
+
+def test_forward_shapes(random_model):
+    out = random_model(torch.randn(2, 3, SIZE, SIZE))
+    assert set(out) == {"seg", "det", "cls"}
+    assert out["seg"].shape == (2, 21, 8, 8)
+    assert out["det"].shape == (2, 15, 8, 8)
+    assert out["cls"].shape == (2, 10)
+    assert out.features is not None and out.features.shape[0] == 2 and out.features.shape[-2:] == (8, 8)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    # select keeps every task and the features, per sample
+    part = out.select(torch.tensor([1]))
+    assert part["cls"].shape == (1, 10) and torch.equal(part["cls"][0], out["cls"][1])
+    assert part.features.shape[0] == 1
+
+
+def test_head_and_neck_follow_the_rules(random_model):
+    head = head_report(random_model)
+    assert head["ok"] and head["single_branch"]
+    assert head["layers"] == 3 and head["conv_layers"] == 3
+    assert head["output_channels"] == 21 + (10 + 5) + 10 == 46
+    assert head["output_groups"] == {"seg": [0, 21], "det": [21, 36], "cls": [36, 46]}
+    last = random_model.head[-1]
+    assert isinstance(last, nn.Conv2d) and last.out_channels == 46
+    assert neck_report(random_model)["ok"]
+    params = count_parameters(random_model)
+    assert isinstance(params["total"], int) and params["total"] < 5_000_000
+    assert params["total"] == params["backbone"] + params["neck"] + params["head"]
+    # only one module in the whole net produces task outputs: nothing else has 46 channels
+    assert sum(isinstance(m, nn.Conv2d) and m.out_channels == 46 for m in random_model.modules()) == 1
+
+
+def test_head_layers_rule_is_enforced():
+    with pytest.raises(ValueError, match="head_layers"):
+        create_model(pretrained=False, head_layers=4)
+
+
+def test_channel_groups_follow_task_labels(random_model):
+    """The cls output is the spatial mean of its channel group of the head's last layer."""
+    x = torch.randn(1, 3, SIZE, SIZE)
+    out = random_model(x)
+    with torch.no_grad():
+        y = random_model.head(random_model.neck(random_model.backbone(x)))
+    sl = random_model.output_slices()
+    assert torch.allclose(out["seg"], y[:, sl["seg"]])
+    assert torch.allclose(out["det"], y[:, sl["det"]])
+    assert torch.allclose(out["cls"], y[:, sl["cls"]].mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_default_lite0_loads_packaged_imagenet_weights(pretrained_model, random_model):
+    m = pretrained_model
+    assert m.weights_source and "efficientnet-lite0" in m.weights_source
+    assert m.mean == (0.5, 0.5, 0.5) and m.std == (0.5, 0.5, 0.5)
+    assert random_model.weights_source == ""
+    ref = lite0_state_dict()
+    mine = m.backbone.state_dict()
+    shared = [k for k in mine if k in ref]
+    assert len(shared) >= 0.9 * len(mine)  # the features_only body is nearly all of timm's model
+    assert all(torch.equal(mine[k], ref[k]) for k in shared)
+    rand = random_model.backbone.state_dict()
+    convs = [k for k in shared if k.endswith("weight") and mine[k].ndim == 4]
+    assert convs and all(not torch.equal(mine[k], rand[k]) for k in convs)
+    # BN running statistics are ImageNet's, not the 0/1 of a fresh init
+    rv = [k for k in shared if k.endswith("running_var")]
+    assert rv and any(not torch.allclose(mine[k], torch.ones_like(mine[k])) for k in rv)
+
+
+def test_freeze_backbone_bn_keeps_backbone_bn_in_eval_mode():
+    torch.manual_seed(0)
+    m = create_model(pretrained=False)
+    m.train()
+    bns = [mod for mod in m.backbone.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(not bn.training for bn in bns)
+    assert m.training and m.neck.training and m.head.training
+    before = [bn.running_mean.clone() for bn in bns]
+    m(torch.randn(2, 3, SIZE, SIZE) * 3 + 1)
+    assert all(torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))
+    # affine parameters stay trainable
+    assert all(bn.weight.requires_grad for bn in bns)
+    # switched off, BN trains as usual
+    m2 = create_model(pretrained=False, freeze_backbone_bn=False).train()
+    assert all(mod.training for mod in m2.backbone.modules()
+               if isinstance(mod, nn.modules.batchnorm._BatchNorm))
+
+
+def test_predict_in_original_pixels(random_model):
+    m = random_model
+    images = torch.randn(2, 3, SIZE, SIZE)
+    sizes = [(240, 320), (100, 150)]
+    preds = m.predict(images, sizes)
+    assert len(preds) == 2
+    out = m(images)
+    for i, ((h, w), p) in enumerate(zip(sizes, preds)):
+        assert set(p) == {"seg", "det", "cls"}
+        assert p["seg"].shape == (h, w) and p["seg"].dtype == torch.long
+        assert int(p["seg"].min()) >= 0 and int(p["seg"].max()) < 21
+        assert p["cls"].shape == (10,)
+        assert float(p["cls"].sum()) == pytest.approx(1.0, abs=1e-5) and (p["cls"] >= 0).all()
+        assert int(p["cls"].argmax()) == int(out["cls"][i].argmax())
+        d = p["det"]
+        # an untrained head starts at p = 0.01 per class: sqrt(0.01 * 0.5) > 0.05, so boxes come out
+        assert 0 < len(d.boxes) <= 100
+        assert (d.scores > m.cfg.det_cfg.score_threshold).all()
+        assert (d.labels >= 0).all() and (d.labels < 10).all()
+        assert (d.boxes >= 0).all()
+        assert float(d.boxes[:, 0::2].max()) <= w + 1e-3 and float(d.boxes[:, 1::2].max()) <= h + 1e-3
+        # the same detections as decoding at input size, scaled by (w/64, h/64)
+        plain = TASKS["det"].decode(out["det"][i], (SIZE, SIZE), m.cfg.det_cfg)
+        scale = torch.tensor([w / SIZE, h / SIZE, w / SIZE, h / SIZE])
+        assert torch.allclose(d.boxes, plain.boxes * scale, atol=1e-3)
+    # only the asked tasks; default sizes = the input size
+    only = m.predict(images[:1], tasks=["seg"])
+    assert set(only[0]) == {"seg"} and only[0]["seg"].shape == (SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def stream(synthetic_root):
+    return build_stream(synthetic_root, image_size=SIZE, train_augment=False)
+
+
+def _batch(stream, spec: dict[str, int]):
+    """A collated batch with spec[task] samples of each task, interleaved."""
+    samples = []
+    for task, n in spec.items():
+        ds = stream.benchmark.train_stream[stream.order.index(task)].dataset
+        samples += [ds[i] for i in range(n)]
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).tolist()
+    return collate_onehead([samples[i] for i in order])
+
+
+def test_criterion_on_a_mixed_batch(stream):
+    images, targets, task_labels = _batch(stream, {"seg": 2, "det": 2, "cls": 2})
+    assert images.shape == (6, 3, SIZE, SIZE) and set(targets.parts) == {"seg", "det", "cls"}
+    for task, part in targets.parts.items():
+        assert (task_labels[part.index] == TASKS[task].label).all()
+    torch.manual_seed(0)
+    model = create_model(pretrained=False).train()
+    crit = OneHeadCriterion(model.cfg.det_cfg)
+    out = model(images)
+    for v in out.values():
+        v.retain_grad()
+    loss = crit(out, targets)
+    assert loss.ndim == 0 and torch.isfinite(loss) and float(loss.detach()) > 0
+    assert set(crit.last) == {"seg/ce", "det/focal", "det/giou", "det/centerness", "cls/ce"}
+    assert float(loss.detach()) == pytest.approx(sum(crit.last.values()), rel=1e-5)
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0  # reaches the backbone
+    # each sample only gets the gradient of its own task's output
+    for task, raw in out.items():
+        own = torch.zeros(len(images), dtype=torch.bool)
+        own[targets[task].index] = True
+        g = raw.grad.flatten(1).abs().sum(1)
+        assert (g[~own] == 0).all(), task
+        assert (g[own] > 0).all(), task
+
+
+def test_criterion_per_task_parts_add_up(stream, random_model):
+    """A mixed batch's loss is the sum of each task's loss on its own samples."""
+    model = random_model  # eval mode; GroupNorm + frozen BN: samples independent
+    crit = OneHeadCriterion(model.cfg.det_cfg)
+    spec = {"seg": 2, "det": 3, "cls": 1}
+    images, targets, _ = _batch(stream, spec)
+    with torch.no_grad():
+        mixed = float(crit(model(images), targets))
+        alone = 0.0
+        for task in spec:
+            part = targets[task]
+            one = collate_onehead([(images[i], _target_of(targets, task, k))
+                                   for k, i in enumerate(part.index.tolist())])
+            alone += float(crit(model(one[0]), one[1]))
+    assert mixed == pytest.approx(alone, rel=1e-4)
+
+
+def _target_of(targets, task, k):
+    from avalanche_onehead.targets import ClsTarget, SegTarget
+
+    t = targets[task].target
+    if task == "seg":
+        return SegTarget(t[k])
+    if task == "cls":
+        return ClsTarget(int(t[k]))
+    return t[k]
+
+
+def test_cls_only_batch_has_no_seg_or_det_loss(stream):
+    images, targets, _ = _batch(stream, {"cls": 3})
+    model = create_model(pretrained=False).train()
+    crit = OneHeadCriterion(model.cfg.det_cfg)
+    out = model(images)
+    loss = crit(out, targets)
+    assert set(crit.last) == {"cls/ce"}
+    assert float(loss.detach()) == pytest.approx(crit.last["cls/ce"])
+    loss.backward()
+    # the seg and det channel groups of the last layer get no gradient
+    sl = model.output_slices()
+    w = model.head[-1].weight.grad
+    assert w[sl["seg"]].abs().sum() == 0 and w[sl["det"]].abs().sum() == 0
+    assert w[sl["cls"]].abs().sum() > 0
+    # task weights scale their task's term only
+    crit2 = OneHeadCriterion(model.cfg.det_cfg, weights={"cls": 2.0, "seg": 0.0})
+    assert float(crit2(out, targets).detach()) == pytest.approx(2 * float(loss.detach()), rel=1e-5)
+
+
+def test_empty_targets_raise():
+    from avalanche_onehead.targets import TaskBatch
+
+    crit = OneHeadCriterion()
+    with pytest.raises(ValueError, match="empty batch"):
+        crit({}, TaskBatch({}, 0))
+
+
+def test_model_is_a_onehead_net(random_model):
+    assert isinstance(random_model, OneHeadNet)
+    assert random_model.task_order == ["seg", "det", "cls"]
