@@ -23,10 +23,13 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, JointTransform
 class DataRoot:
     path: Path
     synthetic: bool
+    chosen_by_default: bool = False  # no root given and ./data absent
 
     def describe(self) -> str:
-        if self.synthetic:
+        if self.synthetic and self.chosen_by_default:
             return f"data: embedded synthetic benchmark at {self.path} (no data root given and ./data absent)"
+        if self.synthetic:
+            return f"data: synthetic benchmark at {self.path}"
         return f"data: {self.path}"
 
 
@@ -39,7 +42,7 @@ def resolve_data_root(data_root: str | Path | None, seed: int = 0) -> DataRoot:
         return DataRoot(path.resolve(), (path / "SYNTHETIC.txt").is_file())
     if Path("data").is_dir():
         return DataRoot(Path("data").resolve(), (Path("data") / "SYNTHETIC.txt").is_file())
-    return DataRoot(synthetic_root(seed), True)
+    return DataRoot(synthetic_root(seed), True, chosen_by_default=True)
 
 
 def load_split(root: str | Path, task: str, split: str, transform=None) -> TaskDataset:

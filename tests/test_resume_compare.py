@@ -1,0 +1,292 @@
+"""End to end on the synthetic benchmark: run folder contents, resume after a kill, compare.py.
+
+One uninterrupted ``ewc+replay+lwf`` run (A) and the same run (B) killed in the
+middle of stage 2 and resumed in a fresh process; both are tiny (64 px, 6 images
+per split, batches of 2, one epoch, random init) and shared by all tests here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from avalanche_onehead.plugins import WarmupCosinePlugin
+
+REPO = Path(__file__).resolve().parents[1]
+STRATEGY = "ewc+replay+lwf"
+ORDER = ["seg", "det", "cls"]
+RUN_ARGS = ["--strategy", STRATEGY, "--image-size", "64", "--epochs", "1", "--max-images", "6",
+            "--batch-size", "2", "--workers", "0", "--no-pretrained", "--no-progress", "--device", "cpu"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"onehead_{name}_cli", REPO / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_cli():
+    return _load("run")
+
+
+@pytest.fixture(scope="module")
+def compare_cli():
+    return _load("compare")
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synthetic_root, run_cli):
+    base = tmp_path_factory.mktemp("runs")
+    a, b = base / "A", base / "B"
+    args = [*RUN_ARGS, "--data-root", str(synthetic_root)]
+    assert run_cli.main([*args, "--out", str(a)]) == 0
+
+    # B: the same run, killed after two of the three iterations of stage 2 (what is on disk is
+    # then exactly what a kill -9 leaves: stage 1's checkpoint and resume state, nothing of stage 2)
+    original = WarmupCosinePlugin.after_training_iteration
+
+    def killed(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == 1 and self.step >= 1:
+            raise KeyboardInterrupt
+        return original(self, strategy, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(WarmupCosinePlugin, "after_training_iteration", killed)
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli.main([*args, "--out", str(b)])
+    interrupted = SimpleNamespace(
+        code=exit_info.value.code, files={p.name for p in b.iterdir()},
+        events={p.name for p in (b / "tb").iterdir()},
+        state=torch.load(b / "resume.pt", map_location="cpu", weights_only=True))
+
+    # resumed in a fresh process, like after a real kill
+    resumed = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "--resume", str(b),
+                              "--no-progress"], capture_output=True, text=True, cwd=base, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # as in this process
+    return SimpleNamespace(a=a, b=b, interrupted=interrupted, resumed=resumed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run folder
+# ---------------------------------------------------------------------------------------------
+
+def test_metrics_json_summary_is_consistent(runs):
+    a = runs.a
+    for name in ("config.json", "log.txt", "metrics.json", "metrics_detail.json", "matrix.png", "model.pt",
+                 "resume.pt", "stage1_seg.pt", "stage2_det.pt", "stage3_cls.pt"):
+        assert (a / name).is_file(), name
+    m = _metrics(a)
+    assert m["strategy"] == STRATEGY and m["tasks"] == ORDER
+    assert m["metric_names"] == {"seg": "mIoU", "det": "mAP", "cls": "Top-1"}
+    mat = m["matrix"]
+    assert len(mat) == 3 and all(len(r) == 3 for r in mat)
+    assert all(0.0 <= v <= 1.0 for r in mat for v in r)
+    for j, t in enumerate(ORDER):
+        b, f = mat[j][j], mat[-1][j]
+        assert m["baseline"][t] == b and m["final"][t] == f
+        assert m["drop_abs"][t] == pytest.approx(b - f)
+        assert m["drop_pct"][t] == pytest.approx(100.0 * (b - f) / b if b > 0 else 0.0)
+        assert m[f"Forgetting/{t}"] == pytest.approx(b - f)
+        assert m[f"RelForgetting/{t}"] == pytest.approx(100.0 * (b - f) / b if b > 0 else 0.0)
+    assert m["BWT"] == pytest.approx(sum(mat[-1][j] - mat[j][j] for j in range(2)) / 2)
+    assert m["AvgMetric"] == pytest.approx(sum(mat[-1]) / 3)
+    assert len(m["mAP50_matrix"]) == 3 and m["final_mAP50"] == m["mAP50_matrix"][-1]
+    assert set(m["stage_seconds"]) == set(ORDER) and m["train_seconds"] > 0
+    assert m["synthetic"] is True and m["epochs"] == {t: 1 for t in ORDER}
+    # every stage trained: the weights move from one stage checkpoint to the next
+    s1, s2, s3 = (_state(a / f) for f in ("stage1_seg.pt", "stage2_det.pt", "stage3_cls.pt"))
+    assert not torch.equal(s1["head.2.weight"], s2["head.2.weight"])
+    assert not torch.equal(s2["head.2.weight"], s3["head.2.weight"])
+    assert all(torch.equal(v, _state(a / "model.pt")[k]) for k, v in s3.items())
+
+
+def test_tensorboard_has_scalars_and_the_matrix_image(runs):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+
+    ea = EventAccumulator(str(runs.a / "tb"), size_guidance={IMAGES: 0, SCALARS: 0})
+    ea.Reload()
+    scalars, images = ea.Tags()["scalars"], ea.Tags()["images"]
+    for prefix in ("mIoU/", "mAP/", "Top-1/", "Forgetting/", "RelForgetting/", "BWT/", "AvgMetric/"):
+        assert any(t.startswith(prefix) for t in scalars), (prefix, scalars)
+    m = _metrics(runs.a)
+    logged = [e.value for e in ea.Scalars("Forgetting/seg/eval_phase/test_stream")]
+    assert len(logged) == 3 and logged[-1] == pytest.approx(m["Forgetting/seg"], abs=1e-6)
+    assert [e.value for e in ea.Scalars("BWT/eval_phase/test_stream")][-1] == pytest.approx(m["BWT"], abs=1e-6)
+    matrix_tags = [t for t in images if t.startswith("MetricMatrix")]
+    assert matrix_tags
+    shots = ea.Images(matrix_tags[0])
+    assert len(shots) == 3  # one per stage
+    assert all(s.width > 100 and s.height > 100 and s.encoded_image_string[:4] == b"\x89PNG" for s in shots)
+    assert [s.step for s in shots] == sorted({s.step for s in shots})  # the step axis moves on
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------------------------
+
+def test_a_killed_run_leaves_only_finished_stages(runs):
+    it = runs.interrupted
+    assert it.code == 130
+    assert {"config.json", "resume.pt", "stage1_seg.pt"} <= it.files
+    assert not it.files & {"stage2_det.pt", "stage3_cls.pt", "model.pt", "metrics.json"}
+    progress = it.state["progress"]
+    assert progress["done"] == 1 and len(progress["matrix"]) == 1
+    assert progress["matrix"][0] == _metrics(runs.a)["matrix"][0]
+    assert set(it.state["remedies"]) == {"PreviousModel", "OneHeadEWC", "TaskBudgetReplay"}
+    assert it.state["remedies"]["PreviousModel"]["trained"] == ["seg"]
+    assert progress["clock"]["train_iterations"] == 3  # 6 images, batches of 2
+
+
+def test_resume_reproduces_the_uninterrupted_run(runs):
+    res = runs.resumed
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming" in res.stdout and "after stage 1" in res.stdout
+    ma, mb = _metrics(runs.a), _metrics(runs.b)
+    for key in ("matrix", "mAP50_matrix"):
+        for ra, rb in zip(ma[key], mb[key], strict=True):
+            assert rb == pytest.approx(ra, abs=1e-6), key
+    for key in ("baseline", "final", "drop_pct", "BWT", "AvgMetric"):
+        assert mb[key] == pytest.approx(ma[key], abs=1e-6), key
+    for name in ("stage1_seg.pt", "stage2_det.pt", "stage3_cls.pt", "model.pt"):
+        sa, sb = _state(runs.a / name), _state(runs.b / name)
+        assert sa.keys() == sb.keys()
+        worst = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel())
+        assert worst <= 1e-6, (name, worst)
+    # the remedies' final state is the same too
+    ra, rb = (torch.load(d / "resume.pt", map_location="cpu", weights_only=True)["remedies"] for d in (runs.a, runs.b))
+    assert rb["PreviousModel"] == ra["PreviousModel"] == {"trained": ORDER}
+    for part in ("importances", "saved_params"):
+        ea, eb = ra["OneHeadEWC"][part], rb["OneHeadEWC"][part]
+        assert sorted(ea) == sorted(eb) == [0, 1, 2]
+        for t in ea:
+            assert all(torch.allclose(ea[t][k], eb[t][k], rtol=1e-5, atol=1e-7) for k in ea[t]), (part, t)
+
+
+def test_resumed_run_continues_the_logged_step_axis(runs):
+    """Metrics of the resumed stages are logged at the same steps as in the uninterrupted run."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    def steps(path: Path) -> list[int]:
+        ea = EventAccumulator(str(path), size_guidance={SCALARS: 0})
+        ea.Reload()
+        return [e.step for e in ea.Scalars("AvgMetric/eval_phase/test_stream")]
+
+    new = [p for p in (runs.b / "tb").iterdir() if p.name not in runs.interrupted.events]
+    assert len(new) == 1  # the resumed process wrote its own event file
+    full = steps(runs.a / "tb")
+    assert len(full) == 3 and full == sorted(full) and full[0] > 0
+    assert steps(new[0]) == full[1:]
+
+
+def test_resume_needs_a_run_folder_with_state(runs, run_cli, tmp_path, capsys):
+    nothing = tmp_path / "empty"
+    nothing.mkdir()
+    with pytest.raises(SystemExit) as e:
+        run_cli.main(["--resume", str(nothing), "--no-progress"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "config.json" in err[0]
+
+    no_state = tmp_path / "no-state"
+    no_state.mkdir()
+    shutil.copy(runs.a / "config.json", no_state / "config.json")
+    with pytest.raises(SystemExit) as e:
+        run_cli.main(["--resume", str(no_state), "--no-progress"])
+    assert e.value.code != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error:") and "nothing to resume" in err[0]
+    assert not (no_state / "metrics.json").exists()
+
+
+def test_smoke_run_smaller_than_a_batch_still_trains(synthetic_root, run_cli, tmp_path):
+    """4 images and the default batch of 8: one partial batch, not zero iterations."""
+    out = tmp_path / "tiny"
+    assert run_cli.main(["--strategy", "naive", "--tasks", "seg", "--image-size", "64", "--epochs", "1",
+                         "--max-images", "4", "--workers", "0", "--no-pretrained", "--no-progress",
+                         "--device", "cpu", "--data-root", str(synthetic_root), "--out", str(out)]) == 0
+    losses = [float(v) for v in re.findall(r"Loss_Epoch/train_phase/train_stream/Task000 = ([0-9.eE+-]+)",
+                                           (out / "log.txt").read_text())]
+    assert losses and all(math.isfinite(v) and v > 0 for v in losses)
+    assert (out / "stage1_seg.pt").is_file() and _metrics(out)["tasks"] == ["seg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# compare.py
+# ---------------------------------------------------------------------------------------------
+
+def test_compare_collects_runs_into_a_table_and_plot(runs, compare_cli, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert compare_cli.main(["--runs", str(runs.a), str(runs.b), "--out", str(out)]) == 0
+    md = (out / "comparison.md").read_text()
+    lines = md.splitlines()
+    header = lines[0]
+    for word in ("strategy", "seg mIoU", "det mAP", "cls Top-1", "BWT"):
+        assert word in header, header
+    rows = [ln for ln in lines if ln.startswith("| `")]
+    assert len(rows) == 2
+    for row, folder in zip(rows, (runs.a, runs.b)):
+        m = _metrics(folder)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == f"`{STRATEGY}`"
+        assert len(cells) == len(header.strip("|").split("|"))
+        for j, t in enumerate(ORDER):
+            assert cells[1 + j] == f"{m['final'][t]:.3f} ({m['drop_pct'][t]:+.1f})"
+        assert cells[-1] == "n/a"  # no naive run to compare the time with
+    assert "Baselines (diagonal)" in md
+    png = (out / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    collected = json.loads((out / "comparison.json").read_text())
+    assert [r["folder"] for r in collected] == [str(runs.a), str(runs.b)]
+    assert "comparison.md" in capsys.readouterr().out
+
+
+def test_compare_rejects_a_folder_without_metrics(runs, compare_cli, tmp_path, capsys):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        compare_cli.main(["--runs", str(runs.a), str(empty), "--out", str(tmp_path / "cmp")])
+    assert e.value.code != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error:") and str(empty) in err[0] and "metrics.json" in err[0]
+    assert not (tmp_path / "cmp" / "comparison.md").exists()
+
+
+def test_compare_rejects_runs_with_different_task_orders(runs, compare_cli, tmp_path, capsys):
+    other = tmp_path / "other-order"
+    other.mkdir()
+    m = _metrics(runs.a)
+    m["tasks"] = ["det", "seg", "cls"]
+    (other / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(SystemExit) as e:
+        compare_cli.main(["--runs", str(runs.a), str(other), "--out", str(tmp_path / "cmp")])
+    assert e.value.code != 0
+    assert "task order" in capsys.readouterr().err
