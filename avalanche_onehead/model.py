@@ -30,6 +30,7 @@ class ModelConfig:
     neck_channels: int = 96
     head_channels: int = 96
     head_layers: int = 3  # 2 or 3, the last one emits all outputs
+    norm: str = "gn"  # neck/head normalisation: "gn" (GroupNorm), "bn" (BatchNorm) or "none"
     groups: int = 16  # GroupNorm groups in neck and head
     freeze_backbone_bn: bool = True
     num_classes: dict[str, int] = field(default_factory=lambda: {k: s.num_classes for k, s in TASKS.items()})
@@ -60,18 +61,23 @@ class OneHeadOutput(dict):
         return out
 
 
-def conv_gn_relu(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-                         nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
+def conv_norm_relu(cin: int, cout: int, k: int, norm: str, groups: int) -> nn.Sequential:
+    """One layer: conv + normalisation + ReLU (``norm="none"``: conv with bias + ReLU)."""
+    layers: dict[str, nn.Module] = {
+        "gn": nn.GroupNorm(groups, cout), "bn": nn.BatchNorm2d(cout), "none": nn.Identity()}
+    if norm not in layers:
+        raise ValueError(f"norm must be one of {', '.join(layers)}, not {norm!r}")
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=norm == "none"),
+                         layers[norm], nn.ReLU(inplace=True))
 
 
 class FPNNeck(nn.Module):
     """ONE FPN layer: lateral 1x1 convs, top-down sum to stride 8, one 3x3 output conv."""
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int, groups: int):
+    def __init__(self, in_channels: Sequence[int], out_channels: int, norm: str, groups: int):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.output = conv_gn_relu(out_channels, out_channels, 3, groups)
+        self.output = conv_norm_relu(out_channels, out_channels, 3, norm, groups)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         x = self.lateral[-1](feats[-1])
@@ -91,12 +97,12 @@ class OneHeadNet(nn.Module):
         self.mean, self.std, self.weights_source = bb.mean, bb.std, bb.pretrained
         if bb.strides[0] != self.cfg.det_cfg.stride:
             raise ValueError(f"head stride {self.cfg.det_cfg.stride} != backbone's first stride {bb.strides[0]}")
-        self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.groups)
+        self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.norm, self.cfg.groups)
         # channel groups in task-label order, independent of the training order
         self.task_order = sorted(TASKS, key=lambda t: TASKS[t].label)
         self.splits = [TASKS[t].out_channels(self.cfg.num_classes[t]) for t in self.task_order]
         c, hc = self.cfg.neck_channels, self.cfg.head_channels
-        hidden = [conv_gn_relu(c if i == 0 else hc, hc, 3, self.cfg.groups)
+        hidden = [conv_norm_relu(c if i == 0 else hc, hc, 3, self.cfg.norm, self.cfg.groups)
                   for i in range(self.cfg.head_layers - 1)]
         self.head = nn.Sequential(*hidden, nn.Conv2d(hc, sum(self.splits), 1))
         self._init_output_bias()

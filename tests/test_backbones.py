@@ -22,3 +22,17 @@ def test_unreachable_hub_warns_and_uses_random_init(monkeypatch):
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises((ModelError, RuntimeError), match="not_a_model"):
         create_model("not_a_model", pretrained=False)
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn", "none"])
+def test_neck_and_head_normalisation_options(norm):
+    model = create_model(pretrained=False, norm=norm).eval()
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out["cls"].shape == (2, 10) and out["seg"].shape == (2, 21, 8, 8)
+    kinds = {type(m[1]).__name__ for m in list(model.head)[:-1]}
+    assert kinds == {"gn": {"GroupNorm"}, "bn": {"BatchNorm2d"}, "none": {"Identity"}}[norm]
+
+
+def test_unknown_normalisation_is_rejected():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        create_model(pretrained=False, norm="layer")
