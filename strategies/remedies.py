@@ -173,7 +173,26 @@ DISTILLERS = {
 }
 
 
-class LwFDistillation(SupervisedPlugin):
+class _Distillation(SupervisedPlugin):
+    """Adds ``weight * penalty(strategy)`` to the loss of every training batch."""
+
+    def __init__(self, teacher: PreviousModel, weight: float):
+        super().__init__()
+        self.teacher = teacher
+        self.weight = weight
+        self.last = 0.0  # latest penalty, for inspection
+
+    def penalty(self, strategy) -> Tensor | None:
+        raise NotImplementedError
+
+    def before_backward(self, strategy, **kwargs):
+        p = self.penalty(strategy)
+        if p is not None:
+            self.last = float(p.detach())
+            strategy.loss = strategy.loss + self.weight * p
+
+
+class LwFDistillation(_Distillation):
     """Learning without Forgetting for dense outputs: on every training batch (current
     and replayed images) the EARLIER tasks' output channel groups are pulled towards
     the teacher's: temperature-KL on classification logits, per-pixel KL on
@@ -181,12 +200,13 @@ class LwFDistillation(SupervisedPlugin):
 
     def __init__(self, teacher: PreviousModel, alpha: float = 1.0, temperature: float = 2.0,
                  det_threshold: float = 0.3):
-        super().__init__()
-        self.teacher = teacher
-        self.alpha = alpha
+        super().__init__(teacher, alpha)
         self.temperature = temperature
         self.det_threshold = det_threshold
-        self.last = 0.0
+
+    @property
+    def alpha(self) -> float:
+        return self.weight
 
     def penalty(self, strategy) -> Tensor | None:
         if self.teacher.teacher is None:
@@ -198,30 +218,15 @@ class LwFDistillation(SupervisedPlugin):
         s_out = strategy.mb_output
         return sum(DISTILLERS[t](s_out[t], t_out[t], self) for t in tasks)
 
-    def before_backward(self, strategy, **kwargs):
-        p = self.penalty(strategy)
-        if p is not None:
-            self.last = float(p.detach())
-            strategy.loss = strategy.loss + self.alpha * p
 
-
-class FeatureKD(SupervisedPlugin):
+class FeatureKD(_Distillation):
     """Feature-level distillation: MSE between the student's and the previous model's
     neck features (the input of the single head) on every training batch."""
 
     def __init__(self, teacher: PreviousModel, weight: float = 1.0):
-        super().__init__()
-        self.teacher = teacher
-        self.weight = weight
-        self.last = 0.0
+        super().__init__(teacher, weight)
 
     def penalty(self, strategy) -> Tensor | None:
         if self.teacher.teacher is None:
             return None
         return F.mse_loss(strategy.mb_output.features, self.teacher.outputs(strategy).features)
-
-    def before_backward(self, strategy, **kwargs):
-        p = self.penalty(strategy)
-        if p is not None:
-            self.last = float(p.detach())
-            strategy.loss = strategy.loss + self.weight * p

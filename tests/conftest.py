@@ -40,3 +40,31 @@ def real_root() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real mini-datasets not found at {REAL_DATA}")
     return REAL_DATA
+
+
+def load_script(relative: str):
+    """Import one of the project's scripts (``experiments/run.py``, ``eval.py``) as a module."""
+    import importlib.util
+
+    path = REPO_ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"onehead_script_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``experiments/run.py`` as a module (``main``, ``make_config``, ``build_parser``)."""
+    return load_script("experiments/run.py")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,13 +1,13 @@
 """Self-contained checkpoints and the TA's ``eval.py`` command."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 import torch
 
 from avalanche_onehead.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
@@ -20,10 +20,7 @@ SIZE = 64
 
 
 def _load_eval_module():
-    spec = importlib.util.spec_from_file_location("onehead_eval_cli", REPO / "eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("eval.py")
 
 
 def _meta(root: Path) -> dict:

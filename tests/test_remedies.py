@@ -8,7 +8,6 @@ of 2), and small probe plugins between the remedies that record what happens.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import subprocess
 import sys
 import warnings
@@ -43,20 +42,7 @@ KNOWN = list(REMEDIES)
 ORDER = ["seg", "det", "cls"]
 
 
-def _load_run_cli():
-    spec = importlib.util.spec_from_file_location("onehead_run_cli", REPO / "experiments" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lists_known(message: str) -> bool:
@@ -143,8 +129,8 @@ def test_remedy_options_from_dict():
     assert "ewc_lamda" in msg and "bogus" in msg and "ewc_lambda" in msg  # names the known ones
 
 
-def test_list_strategies_prints_one_line_per_remedy(capsys):
-    assert _load_run_cli().main(["--list-strategies"]) == 0
+def test_list_strategies_prints_one_line_per_remedy(run_cli, capsys):
+    assert run_cli.main(["--list-strategies"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert len(lines) == len(REMEDIES)
     assert [ln.split()[0] for ln in lines] == KNOWN

@@ -6,7 +6,6 @@ per split, batches of 2, one epoch, random init) and shared by all tests here.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import load_script
 import torch
 
 from avalanche_onehead.plugins import WarmupCosinePlugin
@@ -29,30 +29,12 @@ RUN_ARGS = ["--strategy", STRATEGY, "--image-size", "64", "--epochs", "1", "--ma
             "--batch-size", "2", "--workers", "0", "--no-pretrained", "--no-progress", "--device", "cpu"]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"onehead_{name}_cli", REPO / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def run_cli():
-    return _load("run")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def compare_cli():
-    return _load("compare")
+    return load_script("experiments/compare.py")
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:

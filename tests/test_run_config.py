@@ -1,21 +1,12 @@
 """run.py settings: defaults < --config file < explicit flags; bad files are one clear error."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def run_cli():
-    spec = importlib.util.spec_from_file_location("run_cli", ROOT / "experiments" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def config_of(run_cli, argv):

@@ -1,12 +1,12 @@
 """A tiny end-to-end ``experiments/run.py`` on the synthetic benchmark: the run folder contract."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from PIL import Image
 
 from avalanche_onehead.checkpoint import read_checkpoint
@@ -15,15 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "64", "--epochs", "1", "--workers", "0", "--no-progress", "--device", "cpu"]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _run_main(argv) -> int:
-    return _load("onehead_run_cli", REPO / "experiments" / "run.py").main(argv)
+    return load_script("experiments/run.py").main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +101,7 @@ def test_single_task_run_and_eval_agree(synthetic_root, tmp_path, capsys):
     assert (out / "stage1_det.pt").is_file() and (out / "model.pt").is_file()
     assert not (out / "stage2_det.pt").exists() and not list(out.glob("stage*_seg.pt"))
     capsys.readouterr()
-    ev = _load("onehead_eval_cli_e2e", REPO / "eval.py")
+    ev = load_script("eval.py")
     assert ev.main(["--weights", str(out / "model.pt"), "--tasks", "det", "--cpu", "--workers", "0",
                     "--quiet"]) == 0
     res = json.loads(capsys.readouterr().out)
