@@ -44,6 +44,7 @@ class RunConfig:
     eval_batch_size: int = 8
     lr: float = 1e-3
     backbone_lr_mult: float = 0.3
+    output_lr_mult: float = 1.0  # the head's last (output) layer
     weight_decay: float = 1e-4
     workers: int = 2
     max_images: int | None = None  # per split, for smoke runs
@@ -72,18 +73,21 @@ def stage_seed(seed: int, stage: int) -> int:
     return seed * 1000 + stage
 
 
-def param_groups(model: OneHeadNet, lr: float, backbone_mult: float, wd: float) -> list[dict]:
-    """Backbone at a lower rate; no weight decay on norms, biases or the output layer
-    (decay would shrink earlier tasks' output channels while they get no gradient)."""
+def param_groups(model: OneHeadNet, lr: float, backbone_mult: float, wd: float,
+                 output_mult: float = 1.0) -> list[dict]:
+    """Backbone at ``backbone_mult`` x lr, the output layer at ``output_mult`` x lr; no weight
+    decay on norms, biases or the output layer (decay would shrink earlier tasks' output
+    channels while they get no gradient)."""
     out_layer = {id(p) for p in model.head[-1].parameters()}
+    mult = {"backbone": backbone_mult, "rest": 1.0, "output": output_mult}
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "backbone" if name.startswith("backbone.") else "rest"
-        decay = p.ndim > 1 and id(p) not in out_layer
+        part = "backbone" if name.startswith("backbone.") else ("output" if id(p) in out_layer else "rest")
+        decay = p.ndim > 1 and part != "output"
         groups.setdefault((part, decay), []).append(p)
-    return [{"params": ps, "lr": lr * (backbone_mult if part == "backbone" else 1.0),
+    return [{"params": ps, "lr": lr * mult[part],
              "weight_decay": wd if decay else 0.0, "name": f"{part}{'' if decay else '-no-decay'}"}
             for (part, decay), ps in groups.items()]
 
@@ -135,7 +139,8 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     log(f"model: {cfg.backbone} ({model.weights_source or 'random init'}), "
         f"{params['total'] / 1e6:.2f} M parameters")
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
+                                                cfg.output_lr_mult))
     criterion = OneHeadCriterion(model.cfg.det_cfg, cfg.task_weights)
     loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), TensorboardLogger(str(run_dir / "tb"))]
     if cfg.progress:

@@ -36,3 +36,18 @@ def test_neck_and_head_normalisation_options(norm):
 def test_unknown_normalisation_is_rejected():
     with pytest.raises(ValueError, match="norm must be one of"):
         create_model(pretrained=False, norm="layer")
+
+
+def test_dirac_init_passes_features_through_the_hidden_layers():
+    model = create_model(pretrained=False).eval()  # default: no norm, Dirac init
+    x = torch.rand(1, 96, 8, 8)  # non-negative, like the neck's ReLU output
+    hidden = model.head[:-1](x)
+    assert torch.allclose(hidden, x, atol=1e-6)
+
+
+def test_checkpoints_from_before_the_norm_option_rebuild_with_groupnorm():
+    from avalanche_onehead.model import ModelConfig
+
+    legacy = ModelConfig.from_dict({"backbone": "efficientnet_lite0", "neck_channels": 96})
+    assert (legacy.norm, legacy.init) == ("gn", "default")
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
