@@ -4,10 +4,12 @@ The head is a single branch whose LAST layer emits every task's output as a
 channel group of one tensor at stride 8 (order fixed by task label: seg, det,
 cls).  Classification logits are the spatial mean of their channel group.
 
-Neck and head use GroupNorm, which has no running statistics, so training a
-later task cannot shift what earlier tasks see there; the backbone's
-BatchNorm layers are kept in eval mode (ImageNet statistics, affine still
-trainable) by default, for the same reason (``freeze_backbone_bn``).
+Neck and head have no normalisation layers by default (GroupNorm / BatchNorm
+are options): nothing there keeps running statistics that a later task could
+shift, and their 3x3 convs start as identities (Dirac), so step 0 already sees
+the ImageNet features.  The backbone's BatchNorm layers stay in eval mode
+(ImageNet statistics, affine still trainable) by default, for the same reason
+(``freeze_backbone_bn``).
 """
 from __future__ import annotations
 
