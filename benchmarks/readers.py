@@ -96,6 +96,12 @@ class TaskDataset(torch.utils.data.Dataset):
     def load(self, i: int) -> tuple[Image.Image, dict[str, Any]]:
         raise NotImplementedError
 
+    def _require_split_dir(self, split: str, what: str) -> Path:
+        split_dir = find_split_dir(self.task_dir, split)
+        if split_dir is None:
+            raise DatasetError(self.task_dir / split, f"no '{split}' {what}")
+        return split_dir
+
     def make_target(self, raw: dict[str, Any]) -> Any:
         raise NotImplementedError
 
@@ -127,10 +133,7 @@ class CocoDetection(TaskDataset):
     def __init__(self, task_dir: Path, split: str, transform: Callable | None = None):
         super().__init__(transform)
         self.task_dir = Path(task_dir)
-        split_dir = find_split_dir(self.task_dir, split)
-        if split_dir is None:
-            raise DatasetError(self.task_dir / split, f"no '{split}' image folder for detection")
-        self.split_dir = split_dir
+        self.split_dir = self._require_split_dir(split, "image folder for detection")
         self.json_path = self._find_json(split)
         self._load_json()
 
@@ -336,10 +339,7 @@ class FolderClassification(TaskDataset):
     def __init__(self, task_dir: Path, split: str, transform: Callable | None = None):
         super().__init__(transform)
         self.task_dir = Path(task_dir)
-        split_dir = find_split_dir(self.task_dir, split)
-        if split_dir is None:
-            raise DatasetError(self.task_dir / split, f"no '{split}' folder for classification")
-        self.split_dir = split_dir
+        self.split_dir = split_dir = self._require_split_dir(split, "folder for classification")
         self.wnids = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
         if not self.wnids:
             raise DatasetError(split_dir, "no class folders found")
