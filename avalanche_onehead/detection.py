@@ -161,13 +161,17 @@ def decode(raw: Tensor, cfg: DetectionConfig) -> Detections:
     return Detections(boxes[keep], s[keep], labels[keep])
 
 
+def rescale_boxes(boxes: Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Tensor:
+    """xyxy boxes from an image of size ``from_hw`` (h, w) to one of size ``to_hw``."""
+    (fh, fw), (th, tw) = from_hw, to_hw
+    return boxes * boxes.new_tensor([tw / fw, th / fh, tw / fw, th / fh])
+
+
 def decode_to_original(raw: Tensor, orig_size: tuple[int, int], cfg: DetectionConfig) -> Detections:
     """One image's raw map -> detections in ORIGINAL image pixels ((h, w) = ``orig_size``)."""
     d = decode(raw, cfg)
-    ih, iw = raw.shape[-2] * cfg.stride, raw.shape[-1] * cfg.stride
-    oh, ow = orig_size
-    scale = d.boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
-    return Detections(d.boxes * scale, d.scores, d.labels)
+    input_hw = (raw.shape[-2] * cfg.stride, raw.shape[-1] * cfg.stride)
+    return Detections(rescale_boxes(d.boxes, input_hw, orig_size), d.scores, d.labels)
 
 
 def encode_targets_as_raw(boxes: Tensor, labels: Tensor, num_classes: int, size: tuple[int, int],

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .detection import rescale_boxes
+
 
 @dataclass
 class SegTarget:
@@ -54,9 +56,7 @@ class DetTarget:
 
     def to_original(self, boxes: Tensor) -> Tensor:
         """Map xyxy boxes from network-input pixels back to original pixels."""
-        (ih, iw), (oh, ow) = self.input_size, self.orig_size
-        scale = boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
-        return boxes * scale
+        return rescale_boxes(boxes, self.input_size, self.orig_size)
 
 
 @dataclass

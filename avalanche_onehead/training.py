@@ -25,6 +25,7 @@ from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_docum
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
 from .plugins import WarmupCosinePlugin
+from .settings import from_known_fields
 from .tasks import DEFAULT_ORDER, TASKS
 
 
@@ -55,11 +56,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown run setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return from_known_fields(cls, d, "run setting(s)")
 
 
 def seed_everything(seed: int) -> None:

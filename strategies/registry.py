@@ -5,8 +5,10 @@ below; options it needs go into :class:`RemedyOptions`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from avalanche_onehead.settings import from_known_fields
 
 from .remedies import FeatureKD, LwFDistillation, OneHeadEWC, PreviousModel, TaskBudgetReplay
 
@@ -27,11 +29,7 @@ class RemedyOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RemedyOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown remedy option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return from_known_fields(cls, d, "remedy option(s)")
 
 
 class _Shared:
