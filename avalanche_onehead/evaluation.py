@@ -147,13 +147,15 @@ def summary_values(matrix: list[list[float]], order: list[str]) -> dict[str, flo
     return out
 
 
-def summary_document(matrix: list[list[float]], order: list[str], strategy: str = "") -> dict[str, Any]:
+def summary_document(matrix: list[list[float]], order: list[str], strategy: str = "",
+                     joint: bool = False) -> dict[str, Any]:
     """The metrics.json-style summary of a (possibly partial) matrix: baseline = the
-    diagonal (each task right after its own stage), final = the last row."""
+    diagonal (each task right after its own stage), final = the last row.  A joint run
+    has one row in which every task was trained, so its baseline is that row."""
     from .tasks import TASKS
 
-    k = len(matrix)
-    base = {t: matrix[j][j] for j, t in enumerate(order[:k])}
+    k = len(order) if joint else len(matrix)
+    base = {t: matrix[-1 if joint else j][j] for j, t in enumerate(order[:k])}
     final = {t: matrix[-1][j] for j, t in enumerate(order[:k])}
     return {
         "strategy": strategy, "tasks": list(order),

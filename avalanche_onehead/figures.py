@@ -19,7 +19,8 @@ def matrix_figure(metrics: dict[str, Any]):
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1.2, 1]})
     im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(tasks)), names)
-    ax.set_yticks(range(len(m)), [f"after {t}" for t in tasks[: len(m)]])
+    stages = metrics.get("stages", tasks)
+    ax.set_yticks(range(len(m)), [f"after {t}" for t in stages[: len(m)]])
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center",

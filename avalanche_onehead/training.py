@@ -53,6 +53,8 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=dict)  # extra ModelConfig fields
     remedy: dict[str, Any] = field(default_factory=dict)  # strategies.RemedyOptions fields
     progress: bool = True
+    # all tasks in ONE experience (Avalanche JointTraining): an upper bound, NOT allowed by the challenge
+    joint: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
@@ -109,14 +111,21 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     """
     from avalanche.evaluation.metrics import loss_metrics
     from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
-    from avalanche.training import Naive
+    from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
     from benchmarks import build_stream, resolve_data_root
     from benchmarks.stream import describe_stream
     from strategies import RemedyOptions, build_plugins, canonical
 
+    from .errors import OneHeadError
+
     strategy_name = canonical(cfg.strategy)  # fail fast on a bad name
+    if cfg.joint and strategy_name != "naive":
+        raise OneHeadError("--joint", f"joint training takes no forgetting remedy (got {strategy_name!r})")
+    if cfg.joint and len(cfg.order) < 2:
+        raise OneHeadError("--joint", "joint training needs at least two tasks")
+    strategy_name = "joint" if cfg.joint else strategy_name
     options = RemedyOptions.from_dict({"num_tasks": len(cfg.order), "seed": cfg.seed, **cfg.remedy})
     root = resolve_data_root(cfg.data_root, cfg.seed)
     log(root.describe())
@@ -144,9 +153,10 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         loggers.append(InteractiveLogger())
     task_metrics = [TaskMetric(t, len(stream.classes[t])) for t in cfg.order]
     summary_metric = ForgettingSummary(task_metrics, cfg.order, strategy_name)
-    evaluator = EvaluationPlugin(*task_metrics, summary_metric, loss_metrics(epoch=True), loggers=loggers)
-    remedies = build_plugins(strategy_name, options)
-    strategy = Naive(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
+    summary = [] if cfg.joint else [summary_metric]  # one joint stage: nothing to forget
+    evaluator = EvaluationPlugin(*task_metrics, *summary, loss_metrics(epoch=True), loggers=loggers)
+    remedies = build_plugins("naive" if cfg.joint else strategy_name, options)
+    strategy = (JointTraining if cfg.joint else Naive)(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
                      train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
                      plugins=remedies + [WarmupCosinePlugin()], evaluator=evaluator, eval_every=-1)
 
@@ -157,19 +167,21 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
                   "order": cfg.order, "commit": git_commit()}
     progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
     train_exps = list(stream.benchmark.train_stream)
+    stages = stage_plan(cfg, train_exps)
     if state is not None:
-        progress = restore_progress(state, run_dir, cfg, model, strategy, remedies, train_exps, summary_metric)
-        log(f"resuming {run_dir} after stage {progress['done']} ({', '.join(cfg.order[:progress['done']])})")
+        progress = restore_progress(state, run_dir, [s[0] for s in stages], model, strategy, remedies,
+                                    train_exps, summary_metric)
+        log(f"resuming {run_dir} after stage {progress['done']} "
+            f"({', '.join(s[0] for s in stages[:progress['done']])})")
     loader_kw = {"num_workers": cfg.workers, "persistent_workers": False}
-    for i in range(progress["done"], len(cfg.order)):
-        task, exp = cfg.order[i], train_exps[i]
+    for i in range(progress["done"], len(stages)):
+        task, exp, strategy.train_epochs = stages[i]
         seed_everything(stage_seed(cfg.seed, i))
-        strategy.train_epochs = cfg.epochs.get(task, 1)
-        log(f"== stage {i + 1}/{len(cfg.order)}: {task} ({strategy.train_epochs} epochs)")
+        log(f"== stage {i + 1}/{len(stages)}: {task} ({strategy.train_epochs} epochs)")
         t0 = time.perf_counter()
         # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
-        drop_last = len(exp.dataset) >= cfg.batch_size
-        strategy.train(exp, reset_optimizer_state=True, drop_last=drop_last, **loader_kw)
+        size = sum(len(e.dataset) for e in exp) if isinstance(exp, list) else len(exp.dataset)
+        strategy.train(exp, reset_optimizer_state=True, drop_last=size >= cfg.batch_size, **loader_kw)
         progress["stage_seconds"][task] = time.perf_counter() - t0
         results = strategy.eval(stream.benchmark.test_stream, **loader_kw)
         row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(cfg.order)]
@@ -179,21 +191,27 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         progress["done"] = i + 1
         log(f"   after {task}: " + ", ".join(f"{t} {TASKS[t].metric_name} {v:.4f}" for t, v in zip(cfg.order, row)))
         save_checkpoint(run_dir / f"stage{i + 1}_{task}.pt", model, **meta,
-                        provenance={**provenance, "stage": i + 1, "trained": cfg.order[: i + 1]})
+                        provenance={**provenance, "stage": i + 1,
+                                    "trained": cfg.order if cfg.joint else cfg.order[: i + 1]})
         # Avalanche's iteration counters are the x axis of every logged metric: a resumed run goes on from them
         progress["clock"] = {k: int(getattr(strategy.clock, k)) for k in CLOCK_COUNTERS}
         save_resume_state(run_dir, progress, remedies)
 
-    save_checkpoint(run_dir / "model.pt", model, **meta, provenance={**provenance, "stage": len(cfg.order),
+    save_checkpoint(run_dir / "model.pt", model, **meta, provenance={**provenance, "stage": len(stages),
                                                                     "trained": cfg.order})
     metrics = {
-        **summary_document(progress["matrix"], cfg.order, strategy_name), "seed": cfg.seed,
+        **summary_document(progress["matrix"], cfg.order, strategy_name, joint=cfg.joint), "seed": cfg.seed,
+        "stages": [s[0] for s in stages],
         "params": int(params["total"]), "train_seconds": float(sum(progress["stage_seconds"].values())),
         "stage_seconds": progress["stage_seconds"], "image_size": cfg.image_size, "epochs": cfg.epochs,
         "data_root": str(root.path), "synthetic": root.synthetic,
     }
     metrics.update(extra_matrices(progress["extras"], cfg.order))
-    metrics.update(summary_values(progress["matrix"], cfg.order) if len(cfg.order) > 1 else {})
+    if cfg.joint:
+        metrics.update(joint=True, note="joint training of all tasks at once: an upper bound, "
+                                        "not allowed by the challenge; no per-task baseline, so no drops")
+    elif len(cfg.order) > 1:
+        metrics.update(summary_values(progress["matrix"], cfg.order))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run_dir / "metrics_detail.json").write_text(json.dumps(progress["extras"], indent=2))
     try:
@@ -207,6 +225,16 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
             lg.close()
     log(f"run folder: {run_dir}  (train {metrics['train_seconds'] / 60:.1f} min)")
     return run_dir
+
+
+def stage_plan(cfg: RunConfig, train_exps: list) -> list[tuple[str, Any, int]]:
+    """(name, experience(s), epochs) per training stage.  Joint training is one stage
+    over every experience, with as many epochs as the sequential stages on average,
+    so it sees the same number of training images as the sequential run."""
+    if cfg.joint:
+        epochs = max(1, round(sum(cfg.epochs.get(t, 1) for t in cfg.order) / len(cfg.order)))
+        return [("joint", train_exps, epochs)]
+    return [(t, train_exps[i], cfg.epochs.get(t, 1)) for i, t in enumerate(cfg.order)]
 
 
 def extra_matrices(extras: list[dict[str, float]], order: list[str]) -> dict[str, Any]:
@@ -240,14 +268,14 @@ def load_resume_state(run_dir: Path) -> dict[str, Any]:
     return torch.load(f, map_location="cpu", weights_only=True)
 
 
-def restore_progress(state, run_dir: Path, cfg: RunConfig, model, strategy, remedies, train_exps,
+def restore_progress(state, run_dir: Path, stage_names: list[str], model, strategy, remedies, train_exps,
                      summary_metric) -> dict[str, Any]:
     """Weights of the last finished stage, remedy state, Avalanche's experience counter."""
     from .checkpoint import read_checkpoint
 
     progress = state["progress"]
     done = int(progress["done"])
-    ckpt = read_checkpoint(run_dir / f"stage{done}_{cfg.order[done - 1]}.pt")
+    ckpt = read_checkpoint(run_dir / f"stage{done}_{stage_names[done - 1]}.pt")
     model.load_state_dict(ckpt["state_dict"])
     for p in remedies:
         if hasattr(p, "restore"):

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="JSON file of run settings (RunConfig fields, remedy options under 'remedy'); "
                         "command-line flags given explicitly override it")
+    p.add_argument("--joint", action="store_true",
+                   help="train all tasks together in one stage: an upper bound, NOT allowed by the challenge")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a killed run from its last finished stage (same settings)")
     g = p.add_argument_group("remedy options")
@@ -127,6 +129,8 @@ def make_config(args):
     for flag, fld in flag_to_field.items():
         if flag in given or fld not in settings:
             settings[fld] = getattr(args, flag)
+    if "joint" in given:
+        settings["joint"] = True
     if "no_pretrained" in given:
         settings["pretrained"] = False
     settings["progress"] = not args.no_progress
