@@ -251,12 +251,17 @@ RESUME_FILE = "resume.pt"
 CLOCK_COUNTERS = ("train_iterations", "total_iterations")
 
 
+FIRST_STAGE_FILE = "resume_stage1.pt"  # kept: other remedies can start from it (experiments/fork_run.py)
+
+
 def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
     state = {"progress": progress,
              "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}
-    tmp = run_dir / f".{RESUME_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / RESUME_FILE)
+    names = [RESUME_FILE] + ([FIRST_STAGE_FILE] if progress["done"] == 1 else [])
+    for name in names:
+        tmp = run_dir / f".{name}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, run_dir / name)
 
 
 def load_resume_state(run_dir: Path) -> dict[str, Any]:

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategy", default="naive",
-                   help=f"remedies joined by '+' (known: {', '.join(REMEDIES)}); default naive")
+                   help=f"remedies joined by '+' (known: {', '.join(REMEDIES)}); default: the tuned "
+                        "recipe's (naive when --config names a file without one)")
     p.add_argument("--list-strategies", action="store_true", help="list the remedies and exit")
     p.add_argument("--data-root", default=None,
                    help="data folder (default: ./data if it exists, else the embedded synthetic benchmark)")
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--config", default=None,
                    help="JSON file of run settings (RunConfig fields, remedy options under 'remedy'); "
-                        "command-line flags given explicitly override it")
+                        "command-line flags given explicitly override it (default: the tuned recipe, "
+                        "experiments/configs/default.json)")
     p.add_argument("--joint", action="store_true",
                    help="train all tasks together in one stage: an upper bound, NOT allowed by the challenge")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
 REMEDY_FLAGS = ("ewc_lambda", "ewc_mode", "ewc_decay", "replay_mem_per_task", "replay_per_step",
                 "lwf_alpha", "lwf_temperature", "kd_weight")
 
@@ -85,8 +88,19 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed flags, plus ``given``: the ones written on the command line (even when
+    equal to their default, so ``--strategy naive`` beats a config file's strategy)."""
     args = build_parser().parse_args(argv)
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    args.given = set(vars(probe.parse_args(argv)))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from strategies import REMEDIES
 
     if args.list_strategies:
@@ -114,11 +128,10 @@ def make_config(args):
     from avalanche_onehead.training import RunConfig
     from benchmarks import resolve_data_root
 
-    given = {a.dest for a in build_parser()._actions
-             if a.dest != "help" and getattr(args, a.dest) != a.default}
+    given = args.given
     settings: dict = {}
-    if args.config:
-        path = Path(args.config)
+    path = Path(args.config) if args.config else DEFAULT_CONFIG
+    if args.config or DEFAULT_CONFIG.is_file():
         try:
             settings = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -131,6 +144,8 @@ def make_config(args):
             settings[fld] = getattr(args, flag)
     if "joint" in given:
         settings["joint"] = True
+        if "strategy" not in given:
+            settings["strategy"] = "naive"  # the recipe's remedies do not apply to joint training
     if "no_pretrained" in given:
         settings["pretrained"] = False
     settings["progress"] = not args.no_progress
@@ -139,8 +154,9 @@ def make_config(args):
         chosen = parse_tasks(args.tasks)
         order = [t for t in order if t in chosen] + [t for t in chosen if t not in order]
     settings["order"] = order
-    if "epochs" in given or "epochs" not in settings:
-        synthetic = resolve_data_root(settings["data_root"], settings["seed"]).synthetic
+    synthetic = resolve_data_root(settings["data_root"], settings["seed"]).synthetic
+    if "epochs" in given or "epochs" not in settings or (synthetic and not args.config):
+        # the synthetic benchmark is a smoke test: 2 epochs unless asked otherwise
         settings["epochs"] = parse_epochs(args.epochs or ("2" if synthetic else "8"), order)
     else:
         settings["epochs"] = {t: int(settings["epochs"].get(t, 8)) for t in order}

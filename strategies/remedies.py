@@ -135,7 +135,8 @@ class PreviousModel(SupervisedPlugin):
         return {"trained": list(self.trained)}
 
     def restore(self, state: dict[str, Any], strategy, finished) -> None:
-        self.trained = list(state["trained"])
+        # a run forked from another remedy's first stage carries no state of ours
+        self.trained = list(state.get("trained", [task_of_label(int(e.task_labels[0])) for e in finished]))
 
 
 def seg_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import load_script
 import torch
+from conftest import load_script
 
 from avalanche_onehead.plugins import WarmupCosinePlugin
 
@@ -112,7 +112,11 @@ def test_metrics_json_summary_is_consistent(runs):
 
 
 def test_tensorboard_has_scalars_and_the_matrix_image(runs):
-    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import (
+        IMAGES,
+        SCALARS,
+        EventAccumulator,
+    )
 
     ea = EventAccumulator(str(runs.a / "tb"), size_guidance={IMAGES: 0, SCALARS: 0})
     ea.Reload()
@@ -175,7 +179,10 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
 
 def test_resumed_run_continues_the_logged_step_axis(runs):
     """Metrics of the resumed stages are logged at the same steps as in the uninterrupted run."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        EventAccumulator,
+    )
 
     def steps(path: Path) -> list[int]:
         ea = EventAccumulator(str(path), size_guidance={SCALARS: 0})
@@ -272,3 +279,43 @@ def test_compare_rejects_runs_with_different_task_orders(runs, compare_cli, tmp_
         compare_cli.main(["--runs", str(runs.a), str(other), "--out", str(tmp_path / "cmp")])
     assert e.value.code != 0
     assert "task order" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# fork_run.py: another remedy from the same stage 1
+# ---------------------------------------------------------------------------------------------
+
+def test_fork_from_stage_one_equals_a_run_from_scratch(runs, run_cli, tmp_path, synthetic_root):
+    fork_cli = load_script("experiments/fork_run.py")
+    scratch, forked = tmp_path / "scratch", tmp_path / "forked"
+    args = [a if a != STRATEGY else "replay+lwf" for a in RUN_ARGS]
+    assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
+    assert fork_cli.main([str(runs.a), str(forked), "--strategy", "lwf+replay", "--no-progress"]) == 0
+    ms, mf = _metrics(scratch), _metrics(forked)
+    assert mf["strategy"] == ms["strategy"] == "replay+lwf"
+    for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
+        assert rf == pytest.approx(rs, abs=1e-6)
+    ss, sf = _state(scratch / "model.pt"), _state(forked / "model.pt")
+    assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
+    assert json.loads((forked / "forked_from.json").read_text())["source"] == str(runs.a)
+
+
+def test_fork_refuses_what_it_cannot_reproduce(runs, tmp_path, capsys):
+    fork_cli = load_script("experiments/fork_run.py")
+    naive = tmp_path / "naive-src"
+    naive.mkdir()
+    for f in ("config.json", "stage1_seg.pt", "resume_stage1.pt"):
+        shutil.copy(runs.a / f, naive / f)
+    state = torch.load(naive / "resume_stage1.pt", weights_only=True)
+    state["remedies"] = {}  # what a naive run keeps: no Fisher information
+    torch.save(state, naive / "resume_stage1.pt")
+    cases = [([str(naive), str(tmp_path / "x"), "--strategy", "ewc"], "Fisher"),
+             ([str(tmp_path / "nothing"), str(tmp_path / "y"), "--strategy", "replay"], "not a run folder"),
+             ([str(runs.a), str(runs.b), "--strategy", "replay"], "not empty")]
+    for argv, why in cases:
+        with pytest.raises(SystemExit) as e:
+            fork_cli.main([*argv, "--no-progress"])
+        assert e.value.code != 0
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error:") and why in err[0], err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def config_of(run_cli, argv):
-    return run_cli.make_config(run_cli.build_parser().parse_args(argv))
+    return run_cli.make_config(run_cli.parse_args(argv))
 
 
 def test_config_file_sets_values_and_flags_override(run_cli, tmp_path, synthetic_root):
@@ -57,3 +57,17 @@ def test_shipped_configs_parse(run_cli, synthetic_root):
     for f in sorted((ROOT / "experiments" / "configs").glob("*.json")):
         cfg = config_of(run_cli, ["--data-root", str(synthetic_root), "--config", str(f)])
         assert cfg.image_size == 512 and set(cfg.epochs) == {"seg", "det", "cls"}
+
+
+def test_no_config_means_the_tuned_default_recipe(run_cli, synthetic_root):
+    default = json.loads((ROOT / "experiments" / "configs" / "default.json").read_text())
+    cfg = config_of(run_cli, ["--data-root", str(synthetic_root)])
+    assert cfg.strategy == default["strategy"] and cfg.lr == default["lr"]
+    assert cfg.remedy == default["remedy"] and cfg.model == default["model"]
+    assert cfg.epochs == {"seg": 2, "det": 2, "cls": 2}  # the synthetic benchmark stays a smoke test
+
+
+def test_a_flag_equal_to_its_default_still_beats_the_config(run_cli, synthetic_root):
+    cfg = config_of(run_cli, ["--data-root", str(synthetic_root), "--strategy", "naive"])
+    assert cfg.strategy == "naive"
+    assert config_of(run_cli, ["--data-root", str(synthetic_root), "--joint"]).strategy == "naive"
