@@ -55,3 +55,82 @@ def save_matrix_figure(metrics: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def _voc_colours(n: int = 256) -> np.ndarray:
+    """The VOC palette (bit-interleaved class id), as (n, 3) floats in [0, 1]."""
+    cmap = np.zeros((n, 3))
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r / 255, g / 255, b / 255)
+    return cmap
+
+
+def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Path | None = None,
+                     per_task: int = 4, score_threshold: float = 0.3, max_boxes: int = 5,
+                     split: str = "val") -> Path:
+    """Predictions of a checkpoint on ``per_task`` images spread over each task's split:
+    segmentation (ground truth | prediction overlays), detection (the ``max_boxes`` best
+    predicted boxes solid, ground truth dashed) and classification (predicted vs true label)."""
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from benchmarks import JointTransform, load_split
+    from benchmarks.stream import data_root_of_checkpoint
+
+    from .checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(weights)
+    root = data_root_of_checkpoint(data_root, meta).path
+    tf = JointTransform(meta["image_size"], train=False, mean=model.mean, std=model.std)
+    colours = _voc_colours()
+    tasks = [t for t in ("seg", "det", "cls") if t in meta["classes"]]
+    fig, axes = plt.subplots(len(tasks), per_task, figsize=(3.2 * per_task, 3.0 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        ds = load_split(root, task, split)
+        names = meta["classes"][task]
+        for col in range(per_task):
+            ax = axes[row][col]
+            ax.axis("off")
+            shown = per_task // 2 if task == "seg" else per_task  # seg: truth and prediction side by side
+            k = col // 2 if task == "seg" else col
+            if k >= len(ds):
+                continue
+            i = k * len(ds) // shown  # spread over the split (class folders are sorted)
+            image, raw = ds.load(i)
+            x, _ = tf(image, dict(raw))
+            with torch.no_grad():
+                pred = model.predict(x[None], [(image.height, image.width)], tasks=[task])[0][task]
+            ax.imshow(image)
+            if task == "seg":
+                mask = raw["mask"].numpy() if col % 2 == 0 else pred.cpu().numpy()
+                rgba = np.concatenate([colours[mask], (mask > 0)[..., None] * (mask < 255)[..., None] * 0.55], -1)
+                ax.imshow(rgba)
+                present = sorted({int(c) for c in np.unique(mask) if 0 < c < 255})
+                ax.set_title(("truth: " if col % 2 == 0 else "predicted: ")
+                             + ", ".join(names[c] for c in present[:3]), fontsize=8)
+            elif task == "det":
+                for b in raw["boxes"].tolist():
+                    ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ls="--",
+                                           ec="white", lw=1.2))
+                keep = (pred.scores >= score_threshold) & (torch.arange(len(pred.scores)) < max_boxes)
+                for b, s, lab in zip(pred.boxes[keep].tolist(), pred.scores[keep].tolist(), pred.labels[keep].tolist()):
+                    ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="yellow", lw=1.5))
+                    ax.text(b[0], b[1], f"{names[lab]} {s:.2f}", color="black", fontsize=6,
+                            bbox={"facecolor": "yellow", "alpha": 0.8, "pad": 1, "lw": 0})
+                ax.set_title(f"top {int(keep.sum())} boxes ≥ {score_threshold} (truth dashed)", fontsize=8)
+            else:
+                p = pred.float()
+                k = int(p.argmax())
+                ok = k == int(raw["label"])
+                ax.set_title(f"predicted {names[k]} ({float(p[k]):.2f})\ntrue {names[int(raw['label'])]}",
+                             fontsize=8, color="green" if ok else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -125,6 +125,9 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         raise OneHeadError("--joint", f"joint training takes no forgetting remedy (got {strategy_name!r})")
     if cfg.joint and len(cfg.order) < 2:
         raise OneHeadError("--joint", "joint training needs at least two tasks")
+    if cfg.joint and cfg.batch_size < len(cfg.order):
+        raise OneHeadError("--batch-size", f"joint training puts every task in each batch: needs a batch of at "
+                                           f"least {len(cfg.order)} (got {cfg.batch_size})")
     strategy_name = "joint" if cfg.joint else strategy_name
     options = RemedyOptions.from_dict({"num_tasks": len(cfg.order), "seed": cfg.seed, **cfg.remedy})
     root = resolve_data_root(cfg.data_root, cfg.seed)

@@ -32,7 +32,7 @@ def test_joint_run_writes_one_row_for_every_task(synthetic_root, run_cli, tmp_pa
     assert (out / "stage1_joint.pt").is_file() and (out / "matrix.png").is_file()
 
 
-@pytest.mark.parametrize("extra", [["--strategy", "ewc"], ["--tasks", "cls"]])
+@pytest.mark.parametrize("extra", [["--strategy", "ewc"], ["--tasks", "cls"], ["--batch-size", "2"]])
 def test_joint_with_a_remedy_or_one_task_is_one_error(synthetic_root, run_cli, tmp_path, capsys, extra):
     out = tmp_path / "bad"
     with pytest.raises(SystemExit) as e:

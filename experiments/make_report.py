@@ -1,0 +1,375 @@
+#!/usr/bin/env python
+"""Build report.md and its figures from run folders, so no number in it is typed by hand.
+
+    python experiments/make_report.py                  # experiments/report_runs.json -> report.md + report/
+    python experiments/make_report.py --manifest M.json --template T.md --out report.md --figures report
+
+The manifest names the run folders (see experiments/report_runs.json):
+``default`` (the default recipe, one folder per seed), ``remedies`` (one folder per
+strategy, same seed and settings), ``single`` (task -> a run whose diagonal holds that
+task trained alone from the ImageNet initialisation), ``joint`` (the joint-training
+upper bound), ``compliance`` (the JSON printed by ``python -m avalanche_onehead.compliance``)
+and ``release`` (the committed checkpoint).  Relative paths are read from the current folder (run it from the
+repository root).  The template's ``{{key}}`` placeholders are
+filled from these runs; an unknown key is an error, never a blank.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"seg": 0.50, "det": 0.15, "cls": 0.97}  # DESIGN quality bars (val, after the whole sequence)
+DROP_LIMIT = 5.0  # % relative to the task's own baseline
+LATENCY_TARGET_MS = 40.0
+TRAIN_TARGET_MIN = 45.0
+PARAM_TARGET = 5_000_000
+
+
+def load_run(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    f = folder / "metrics.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{folder}: no metrics.json (not a finished run folder)")
+    m = json.loads(f.read_text())
+    m["folder"] = str(folder)
+    cfg = folder / "config.json"
+    m["config"] = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    forked = folder / "forked_from.json"
+    m["forked_from"] = json.loads(forked.read_text())["source"] if forked.is_file() else None
+    return m
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def pm(xs: list[float], digits: int = 3) -> str:
+    m, s = mean_std(xs)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def rel_drop(base: float, final: float) -> float:
+    return 100.0 * (base - final) / base if base > 0 else 0.0
+
+
+class Report:
+    """Everything the template can ask for, computed from the manifest's run folders."""
+
+    def __init__(self, manifest: dict[str, Any], base: Path):
+        def path(p: str) -> Path:
+            return (base / p) if not Path(p).is_absolute() else Path(p)
+
+        self.default = [load_run(path(p)) for p in manifest["default"]]
+        self.remedies = [load_run(path(p)) for p in manifest["remedies"]]
+        self.single = {t: load_run(path(p)) for t, p in manifest["single"].items()}
+        self.joint = load_run(path(manifest["joint"])) if manifest.get("joint") else None
+        comp = manifest.get("compliance")
+        self.compliance = json.loads(path(comp).read_text()) if comp and path(comp).is_file() else None
+        self.release = path(manifest["release"]) if manifest.get("release") else None
+        self.data_root = manifest.get("data_root")
+        self.base = base
+        d0 = self.default[0]
+        self.tasks: list[str] = d0["tasks"]
+        self.names: dict[str, str] = d0["metric_names"]
+        for r in self.default + self.remedies:
+            if r["tasks"] != self.tasks:
+                raise ValueError(f"{r['folder']}: task order {r['tasks']} differs from {self.tasks}")
+        self.single_value = {t: self.single[t]["baseline"][t] for t in self.tasks}
+
+    # ------------------------------------------------------------------ tables
+    def cell(self, r: dict, t: str, single: bool = True) -> str:
+        """final (relative drop vs diagonal / vs single-task; absolute drop vs diagonal)."""
+        f, b = r["final"][t], r["baseline"][t]
+        s = self.single_value[t]
+        out = f"{f:.3f} ({rel_drop(b, f):+.1f} % / {b - f:+.3f})"
+        return out + (f"; {rel_drop(s, f):+.1f} % vs single" if single else "")
+
+    def table_remedies(self) -> str:
+        naive = next((r for r in self.remedies if r["strategy"] == "naive"), None)
+        head = ["strategy"] + [f"{t} {self.names[t]}" for t in self.tasks] + \
+               ["BWT", "avg", "train min", "stages 2–3 time × naive"]
+        rows = []
+        for r in self.remedies:
+            cells = [f"`{r['strategy']}`"] + [self.cell(r, t) for t in self.tasks]
+            cells += [f"{r.get('BWT', 0.0):+.3f}", f"{statistics.fmean(r['final'].values()):.3f}",
+                      f"{r['train_seconds'] / 60:.1f}",
+                      f"{later_stages(r) / later_stages(naive):.2f}" if naive else "n/a"]
+            rows.append(cells)
+        return md_table(head, rows)
+
+    def table_references(self) -> str:
+        head = ["reference"] + [f"{t} {self.names[t]}" for t in self.tasks] + ["what it is"]
+        rows = [["single-task"] + [f"{self.single_value[t]:.3f}" for t in self.tasks]
+                + ["each task trained alone from the ImageNet initialisation"]]
+        for r in self.remedies:
+            if r["strategy"] == "naive":
+                rows.append(["naive sequential"] + [f"{r['final'][t]:.3f}" for t in self.tasks]
+                            + ["lower bound: fine-tuning seg → det → cls, no remedy"])
+        finals = {t: [r["final"][t] for r in self.default] for t in self.tasks}
+        rows.append([f"default `{self.default[0]['strategy']}` ({len(self.default)} seeds)"]
+                    + [pm(finals[t]) for t in self.tasks] + ["the shipped recipe, mean ± std"])
+        if self.joint:
+            rows.append(["joint (NOT allowed)"] + [f"{self.joint['final'][t]:.3f}" for t in self.tasks]
+                        + ["upper bound: all three tasks trained together, same image count"])
+        return md_table(head, rows)
+
+    def table_seeds(self) -> str:
+        head = ["seed"] + [f"{t} {self.names[t]}" for t in self.tasks] + \
+               [f"{t} drop %" for t in self.tasks] + ["BWT", "train min"]
+        rows = []
+        for r in self.default:
+            rows.append([str(r["seed"])] + [f"{r['final'][t]:.3f}" for t in self.tasks]
+                        + [f"{r['drop_pct'][t]:+.1f}" for t in self.tasks]
+                        + [f"{r.get('BWT', 0.0):+.3f}", f"{r['train_seconds'] / 60:.1f}"])
+        col = lambda f: [f(r) for r in self.default]  # noqa: E731
+        rows.append(["**mean ± std**"] + [pm(col(lambda r, t=t: r["final"][t])) for t in self.tasks]
+                    + [pm(col(lambda r, t=t: r["drop_pct"][t]), 1) for t in self.tasks]
+                    + [pm(col(lambda r: r.get("BWT", 0.0))), pm(col(lambda r: r["train_seconds"] / 60), 1)])
+        return md_table(head, rows)
+
+    def table_drops(self) -> str:
+        """Relative and absolute drops of the default recipe, against both baselines."""
+        head = ["task", "diagonal baseline", "single-task baseline", "final",
+                "drop vs diagonal (rel. / abs.)", "drop vs single-task (rel. / abs.)"]
+        rows = []
+        for t in self.tasks:
+            base = [r["baseline"][t] for r in self.default]
+            fin = [r["final"][t] for r in self.default]
+            s = self.single_value[t]
+            rows.append([f"{t} {self.names[t]}", pm(base), f"{s:.3f}", pm(fin),
+                         f"{pm([rel_drop(b, f) for b, f in zip(base, fin)], 1)} % / {pm([b - f for b, f in zip(base, fin)])}",
+                         f"{pm([rel_drop(s, f) for f in fin], 1)} % / {pm([s - f for f in fin])}"])
+        return md_table(head, rows)
+
+    def table_targets(self) -> str:
+        head = ["target", "bar", "measured", "met?"]
+        rows = []
+        for t in self.tasks:
+            fin = [r["final"][t] for r in self.default]
+            rows.append([f"{t} {self.names[t]} after the sequence", f"≥ {TARGETS[t]:.2f}", pm(fin),
+                         yes(statistics.fmean(fin) >= TARGETS[t])])
+        for t in self.tasks:
+            drops = [r["drop_pct"][t] for r in self.default]
+            rows.append([f"{t} drop vs its baseline", f"≤ {DROP_LIMIT:.0f} %", f"{pm(drops, 1)} %",
+                         yes(statistics.fmean(drops) <= DROP_LIMIT)])
+        params = self.default[0]["params"]
+        rows.append(["parameters", f"≤ {PARAM_TARGET / 1e6:.0f} M", f"{params / 1e6:.2f} M", yes(params <= PARAM_TARGET)])
+        if self.compliance and self.compliance.get("latency"):
+            ms = self.compliance["latency"]["median_ms"]
+            rows.append(["latency 512², batch 1, with post-processing, CPU", f"≤ {LATENCY_TARGET_MS:.0f} ms",
+                         f"{ms:.0f} ms", yes(ms <= LATENCY_TARGET_MS)])
+        mins = [r["train_seconds"] / 60 for r in self.default]
+        rows.append(["default training time on the CPU", f"≤ {TRAIN_TARGET_MIN:.0f} min", f"{pm(mins, 1)} min",
+                     yes(statistics.fmean(mins) <= TRAIN_TARGET_MIN)])
+        return md_table(head, rows)
+
+    def table_schedule(self) -> str:
+        cfg = self.default[0]["config"]
+        rem = cfg.get("remedy", {})
+        rows = [["order", " → ".join(self.tasks)],
+                ["epochs per stage", ", ".join(f"{t} {cfg['epochs'][t]}" for t in self.tasks)],
+                ["image size", f"{cfg['image_size']} px (train and eval)"],
+                ["batch", str(cfg["batch_size"])],
+                ["optimizer", f"AdamW, lr {cfg['lr']:g} (backbone × {cfg['backbone_lr_mult']:g}), "
+                              f"weight decay {cfg['weight_decay']:g} (none on biases and the output layer)"],
+                ["schedule", "per stage: linear warm-up, then cosine decay"],
+                ["strategy", f"`{cfg['strategy']}`"],
+                ["remedy options", ", ".join(f"{k} {v}" for k, v in rem.items()) or "defaults"],
+                ["model options", ", ".join(f"{k} {v}" for k, v in cfg.get("model", {}).items()) or "defaults"]]
+        return md_table(["setting", "value"], rows)
+
+    def table_stage_time(self) -> str:
+        head = ["run"] + [f"{t} stage (s)" for t in self.tasks] + ["total (min)"]
+        rows = []
+        for r in self.default:
+            rows.append([f"default seed {r['seed']}"] + [f"{r['stage_seconds'].get(t, 0):.0f}" for t in self.tasks]
+                        + [f"{r['train_seconds'] / 60:.1f}"])
+        return md_table(head, rows)
+
+    def table_params(self) -> str:
+        if not self.compliance:
+            return "(no compliance JSON in the manifest)"
+        p = self.compliance["params"]
+        rows = [[k, f"{p[k]:,}"] for k in ("backbone", "neck", "head", "total")]
+        return md_table(["part", "parameters"], rows)
+
+    # ------------------------------------------------------------------ values
+    def values(self) -> dict[str, str]:
+        v: dict[str, str] = {}
+        d = self.default
+        v["default.strategy"] = f"`{d[0]['strategy']}`"
+        v["default.seeds"] = ", ".join(str(r["seed"]) for r in d)
+        v["default.n_seeds"] = str(len(d))
+        v["default.folders"] = ", ".join(f"`{r['folder']}`" for r in d)
+        for t in self.tasks:
+            v[f"default.final.{t}"] = pm([r["final"][t] for r in d])
+            v[f"default.drop.{t}"] = pm([r["drop_pct"][t] for r in d], 1)
+            v[f"default.baseline.{t}"] = pm([r["baseline"][t] for r in d])
+            v[f"single.{t}"] = f"{self.single_value[t]:.3f}"
+            v[f"single.{t}.folder"] = f"`{self.single[t]['folder']}`"
+            for r in self.remedies:
+                v[f"{r['strategy']}.final.{t}"] = f"{r['final'][t]:.3f}"
+                v[f"{r['strategy']}.drop.{t}"] = f"{r['drop_pct'][t]:.1f}"
+            if self.joint:
+                v[f"joint.final.{t}"] = f"{self.joint['final'][t]:.3f}"
+        if "final_mAP50" in d[0]:
+            v["default.final.mAP50"] = pm([r["final_mAP50"] for r in d])
+        v["default.train_min"] = pm([r["train_seconds"] / 60 for r in d], 1)
+        v["params.total"] = f"{d[0]['params']:,}"
+        v["params.millions"] = f"{d[0]['params'] / 1e6:.2f}"
+        if self.compliance:
+            head = self.compliance["head"]
+            v["head.layers"] = str(head["layers"])
+            v["head.channels"] = str(head["output_channels"])
+            for t, (a, b) in head["output_groups"].items():
+                v[f"head.group.{t}"] = f"{a}–{b - 1}"
+            for part in ("backbone", "neck", "head"):
+                v[f"params.{part}"] = f"{self.compliance['params'][part]:,}"
+            lat = self.compliance.get("latency") or {}
+            if lat:
+                v["latency.median_ms"] = f"{lat['median_ms']:.0f}"
+                v["latency.threads"] = str(lat["threads"])
+        for r in self.remedies:
+            v[f"{r['strategy']}.folder"] = f"`{r['folder']}`"
+            v[f"{r['strategy']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"
+        v["remedies.folders"] = ", ".join(f"`{r['folder']}`" for r in self.remedies)
+        forks = [f"`{r['strategy']}` from `{r['forked_from']}`" for r in self.remedies if r["forked_from"]]
+        v["remedies.forks"] = "; ".join(forks) if forks else "none"
+        if self.joint:
+            v["joint.folder"] = f"`{self.joint['folder']}`"
+            v["joint.epochs"] = str(round(sum(self.joint["epochs"].values()) / len(self.tasks)))
+        if self.release:
+            v["release.path"] = f"`{self.release.relative_to(self.base) if self.release.is_relative_to(self.base) else self.release}`"
+            v.update(self.release_values())
+        v["commit"] = d[0]["config"].get("commit", "") or ""
+        return v
+
+    def release_values(self) -> dict[str, str]:
+        import torch
+
+        if not self.release.is_file():
+            return {}
+        payload = torch.load(self.release, map_location="cpu", weights_only=True)
+        prov = payload.get("provenance", {})
+        return {"release.command": f"`{prov.get('command', '')}`", "release.seed": str(prov.get("seed", "")),
+                "release.commit": f"`{prov.get('commit', '')}`",
+                "release.mb": f"{self.release.stat().st_size / 2**20:.1f}"}
+
+    # ------------------------------------------------------------------ figures
+    def figures(self, out: Path) -> dict[str, str]:
+        out.mkdir(parents=True, exist_ok=True)
+        figs = {}
+        src = Path(self.default[0]["folder"]) / "matrix.png"
+        if src.is_file():
+            shutil.copy2(src, out / "matrix_default.png")
+            figs["fig.matrix"] = "matrix_default.png"
+        self.plot_stage_curves(out / "stage_curves.png")
+        figs["fig.curves"] = "stage_curves.png"
+        import compare
+
+        compare.plot(self.remedies, out / "remedies.png")
+        figs["fig.remedies"] = "remedies.png"
+        if self.release and self.release.is_file():
+            from avalanche_onehead.figures import qualitative_grid
+
+            qualitative_grid(self.release, out / "qualitative.png", data_root=self.data_root)
+            figs["fig.qualitative"] = "qualitative.png"
+        return {k: f"{out.name}/{v}" for k, v in figs.items()}
+
+    def plot_stage_curves(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(self.tasks), figsize=(4.2 * len(self.tasks), 3.6))
+        stages = [f"after {t}" for t in self.tasks]
+        for j, (ax, t) in enumerate(zip(axes, self.tasks)):
+            for r in self.remedies:
+                ax.plot(stages, [row[j] for row in r["matrix"]], marker="o", label=r["strategy"])
+            ax.axhline(self.single_value[t], color="k", ls="--", lw=1, label="single-task")
+            if self.joint:
+                ax.axhline(self.joint["final"][t], color="grey", ls=":", lw=1.5, label="joint (not allowed)")
+            ax.set_title(f"{t} {self.names[t]} (val)")
+            ax.set_ylim(bottom=0)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def later_stages(r: dict) -> float:
+    """Training seconds after the first stage, where the remedies act (stage 1 is the
+    same computation for every strategy)."""
+    return sum(r["stage_seconds"].get(t, 0.0) for t in r["tasks"][1:])
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    missing = sorted({k for k in re.findall(r"\{\{\s*([\w.+-]+)\s*\}\}", template) if k not in values})
+    if missing:
+        raise ValueError(f"the template asks for values no run provides: {', '.join(missing)}")
+    return re.sub(r"\{\{\s*([\w.+-]+)\s*\}\}", lambda m: values[m.group(1)], template)
+
+
+def build(manifest_path: Path, template_path: Path, out: Path, figures_dir: Path, with_figures: bool = True) -> str:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{manifest_path}: not a readable JSON manifest ({e})") from None
+    rep = Report(manifest, Path.cwd())  # manifest paths are relative to where the command runs
+    values = rep.values()
+    values.update({
+        "table.remedies": rep.table_remedies(), "table.references": rep.table_references(),
+        "table.seeds": rep.table_seeds(), "table.drops": rep.table_drops(), "table.targets": rep.table_targets(),
+        "table.schedule": rep.table_schedule(), "table.stage_time": rep.table_stage_time(),
+        "table.params": rep.table_params(),
+    })
+    if with_figures:
+        values.update(rep.figures(figures_dir))
+    text = render(template_path.read_text(), values)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", default=str(ROOT / "experiments" / "report_runs.json"))
+    p.add_argument("--template", default=str(ROOT / "experiments" / "report_template.md"))
+    p.add_argument("--out", default=str(ROOT / "report.md"))
+    p.add_argument("--figures", default=None, help="figure folder (default: report/ beside --out)")
+    p.add_argument("--no-figures", action="store_true")
+    args = p.parse_args(argv)
+    from avalanche_onehead.cli import fail
+
+    out = Path(args.out)
+    with fail():
+        build(Path(args.manifest), Path(args.template), out, Path(args.figures or out.parent / "report"),
+              with_figures=not args.no_figures)
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""make_report.py: report.md is filled from run folders only, never by hand."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import load_script
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--image-size", "64", "--epochs", "1", "--max-images", "6", "--batch-size", "2", "--workers", "0",
+        "--no-pretrained", "--no-progress", "--device", "cpu"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def report_runs(tmp_path_factory, synthetic_root, run_cli):
+    base = tmp_path_factory.mktemp("report")
+    folders = {}
+    for name, extra in (("s0", ["--strategy", "naive", "--seed", "0"]), ("s1", ["--strategy", "naive", "--seed", "1"]),
+                        ("joint", ["--joint", "--batch-size", "3"])):
+        folders[name] = base / name
+        assert run_cli.main([*TINY, *extra, "--data-root", str(synthetic_root), "--out", str(folders[name])]) == 0
+    card = subprocess.run([sys.executable, "-m", "avalanche_onehead.compliance", "--weights",
+                           str(folders["s0"] / "model.pt"), "--runs", "2", "--warmup", "1", "--size", "64"],
+                          capture_output=True, text=True, cwd=REPO, check=True)
+    (base / "compliance.json").write_text(card.stdout)
+    manifest = {"default": [str(folders["s0"]), str(folders["s1"])], "remedies": [str(folders["s0"])],
+                "single": {t: str(folders["s0"]) for t in ("seg", "det", "cls")}, "joint": str(folders["joint"]),
+                "compliance": str(base / "compliance.json"), "release": str(folders["s0"] / "model.pt")}
+    (base / "manifest.json").write_text(json.dumps(manifest))
+    return SimpleNamespace(base=base, manifest=base / "manifest.json", **folders)
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_the_shipped_template_is_filled_from_the_runs(report_runs):
+    report = load_script("experiments/make_report.py")
+    out = report_runs.base / "report.md"
+    assert report.main(["--manifest", str(report_runs.manifest), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "{{" not in text and "}}" not in text
+    m0, m1 = _metrics(report_runs.s0), _metrics(report_runs.s1)
+    for t in ("seg", "det", "cls"):
+        mean = (m0["final"][t] + m1["final"][t]) / 2
+        assert f"{mean:.3f} ± " in text  # the seeds' mean, computed, not typed
+    assert f"{_metrics(report_runs.joint)['final']['seg']:.3f}" in text
+    assert f"{m0['params']:,}" in text
+    for fig in ("matrix_default.png", "stage_curves.png", "remedies.png", "qualitative.png"):
+        assert (report_runs.base / "report" / fig).stat().st_size > 5000, fig
+        assert f"](report/{fig})" in text
+
+
+def test_a_placeholder_no_run_provides_is_an_error(report_runs, tmp_path, capsys):
+    report = load_script("experiments/make_report.py")
+    template = tmp_path / "t.md"
+    template.write_text("final seg {{default.final.seg}}; invented {{default.final.magic}}\n")
+    out = tmp_path / "r.md"
+    with pytest.raises(SystemExit) as e:
+        report.main(["--manifest", str(report_runs.manifest), "--template", str(template), "--out", str(out),
+                     "--no-figures"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "default.final.magic" in err[0]
+    assert not out.exists()
+
+
+def test_seed_statistics_and_drops(report_runs, tmp_path):
+    report = load_script("experiments/make_report.py")
+    template = tmp_path / "t.md"
+    template.write_text("{{default.final.cls}}|{{default.drop.seg}}|{{single.det}}\n")
+    out = tmp_path / "r.md"
+    assert report.main(["--manifest", str(report_runs.manifest), "--template", str(template), "--out", str(out),
+                        "--no-figures"]) == 0
+    cls, drop, single = out.read_text().strip().split("|")
+    finals = [_metrics(f)["final"]["cls"] for f in (report_runs.s0, report_runs.s1)]
+    mean, std = sum(finals) / 2, abs(finals[0] - finals[1]) / 2 ** 0.5
+    assert cls == f"{mean:.3f} ± {std:.3f}"
+    drops = [_metrics(f)["drop_pct"]["seg"] for f in (report_runs.s0, report_runs.s1)]
+    assert drop.startswith(f"{sum(drops) / 2:.1f} ± ")
+    assert single == f"{_metrics(report_runs.s0)['baseline']['det']:.3f}"
