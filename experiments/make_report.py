@@ -131,7 +131,7 @@ class Report:
             rows.append([str(r["seed"])] + [f"{r['final'][t]:.3f}" for t in self.tasks]
                         + [f"{r['drop_pct'][t]:+.1f}" for t in self.tasks]
                         + [f"{r.get('BWT', 0.0):+.3f}", f"{r['train_seconds'] / 60:.1f}"])
-        col = lambda f: [f(r) for r in self.default]  # noqa: E731
+        col = lambda f: [f(r) for r in self.default]
         rows.append(["**mean ± std**"] + [pm(col(lambda r, t=t: r["final"][t])) for t in self.tasks]
                     + [pm(col(lambda r, t=t: r["drop_pct"][t]), 1) for t in self.tasks]
                     + [pm(col(lambda r: r.get("BWT", 0.0))), pm(col(lambda r: r["train_seconds"] / 60), 1)])
@@ -180,8 +180,8 @@ class Report:
                 ["epochs per stage", ", ".join(f"{t} {cfg['epochs'][t]}" for t in self.tasks)],
                 ["image size", f"{cfg['image_size']} px (train and eval)"],
                 ["batch", str(cfg["batch_size"])],
-                ["optimizer", f"AdamW, lr {cfg['lr']:g} (backbone × {cfg['backbone_lr_mult']:g}), "
-                              f"weight decay {cfg['weight_decay']:g} (none on biases and the output layer)"],
+                ["optimizer", (f"AdamW, lr {cfg['lr']:g} (backbone × {cfg['backbone_lr_mult']:g}), "
+                               f"weight decay {cfg['weight_decay']:g} (none on biases and the output layer)")],
                 ["schedule", "per stage: linear warm-up, then cosine decay"],
                 ["strategy", f"`{cfg['strategy']}`"],
                 ["remedy options", ", ".join(f"{k} {v}" for k, v in rem.items()) or "defaults"],
