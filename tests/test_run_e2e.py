@@ -119,3 +119,16 @@ def test_unknown_strategy_is_one_error_line(synthetic_root, tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error:") and "no-such-remedy" in err[0]
     assert not out.exists()  # fails before any work
+
+
+def test_stage_one_of_a_sequence_is_the_single_task_run(synthetic_root, tmp_path):
+    """Why the report may take the seg single-task baseline from stage 1 of the sequence:
+    same initialisation, same per-stage seed, no remedy acting yet -> the same weights."""
+    args = ["--data-root", str(synthetic_root), "--max-images", "6", "--batch-size", "2", "--no-pretrained"] + TINY
+    seq, alone = tmp_path / "seq", tmp_path / "alone"
+    assert _run_main(args + ["--strategy", "ewc+replay+lwf", "--out", str(seq)]) == 0
+    assert _run_main(args + ["--strategy", "naive", "--tasks", "seg", "--out", str(alone)]) == 0
+    a, b = (read_checkpoint(f / "stage1_seg.pt")["state_dict"] for f in (seq, alone))
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()) <= 1e-6
+    ms, ma = (json.loads((f / "metrics.json").read_text()) for f in (seq, alone))
+    assert ms["matrix"][0][0] == pytest.approx(ma["baseline"]["seg"], abs=1e-6)
