@@ -61,8 +61,9 @@ def plot(runs: list[dict], path: Path) -> None:
     w = 0.8 / len(runs)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for k, r in enumerate(runs):
-        ax.bar(x + k * w, [r["final"][t] for t in tasks], w, label=r["strategy"])
-        bx.bar(x + k * w, [r["drop_pct"][t] for t in tasks], w, label=r["strategy"])
+        name = r.get("label", r["strategy"])
+        ax.bar(x + k * w, [r["final"][t] for t in tasks], w, label=name)
+        bx.bar(x + k * w, [r["drop_pct"][t] for t in tasks], w, label=name)
     for a, title in ((ax, "final metric (val)"), (bx, "drop vs own baseline (%)")):
         a.set_xticks(x + 0.4 - w / 2, [f"{t} {names[t]}" for t in tasks])
         a.set_title(title)

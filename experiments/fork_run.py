@@ -2,6 +2,7 @@
 """Try another remedy without retraining the first stage.
 
     python experiments/fork_run.py runs/ewc+replay runs/replay --strategy replay
+    python experiments/fork_run.py runs/ewc+replay runs/ewc-1e5 --strategy ewc --ewc-lambda 1e5
 
 No remedy acts during the first experience (there is nothing to forget yet: no
 EWC penalty, no replay memory, no teacher), so stage 1 is the same computation
@@ -89,13 +90,18 @@ def main(argv=None) -> int:
     p.add_argument("--strategy", required=True, help="remedies joined by '+' for stages 2..")
     p.add_argument("--no-train", action="store_true", help="only write DEST; continue later with run.py --resume")
     p.add_argument("--no-progress", action="store_true")
+    import run as run_cli  # experiments/run.py: the same remedy flags
+
+    for action in run_cli.build_parser()._actions:
+        if action.dest in run_cli.REMEDY_FLAGS:
+            p.add_argument(*action.option_strings, dest=action.dest, type=action.type, choices=action.choices,
+                           help=action.help)
     args = p.parse_args(argv)
+    remedy = {k: getattr(args, k) for k in run_cli.REMEDY_FLAGS if getattr(args, k) is not None}
     with fail():
-        dest = fork(Path(args.source), Path(args.dest), args.strategy)
+        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy)
         print(f"forked {args.source} (stage 1) -> {dest} with strategy {args.strategy}")
         if not args.no_train:
-            import run as run_cli  # experiments/run.py
-
             return run_cli.main(["--resume", str(dest)] + (["--no-progress"] if args.no_progress else []))
     return 0
 

@@ -46,7 +46,17 @@ def load_run(folder: str | Path) -> dict[str, Any]:
     m["config"] = json.loads(cfg.read_text()) if cfg.is_file() else {}
     forked = folder / "forked_from.json"
     m["forked_from"] = json.loads(forked.read_text())["source"] if forked.is_file() else None
+    m["label"] = label(m["strategy"], m["config"].get("remedy", {}))
+    m["key"] = folder.name  # template keys: {{<folder name>.final.seg}}
     return m
+
+
+def label(strategy: str, remedy: dict[str, Any]) -> str:
+    """``ewc+replay (ewc_lambda 1e+05)``: the strategy and its non-default remedy options."""
+    parts = strategy.split("+")
+    opts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(remedy.items())
+            if k.split("_")[0] in parts]
+    return strategy + (f" ({', '.join(opts)})" if opts else "")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -100,7 +110,7 @@ class Report:
                ["BWT", "avg", "train min", "stages 2–3 time × naive"]
         rows = []
         for r in self.remedies:
-            cells = [f"`{r['strategy']}`"] + [self.cell(r, t) for t in self.tasks]
+            cells = [f"`{r['label']}`"] + [self.cell(r, t) for t in self.tasks]
             cells += [f"{r.get('BWT', 0.0):+.3f}", f"{statistics.fmean(r['final'].values()):.3f}",
                       f"{r['train_seconds'] / 60:.1f}",
                       f"{later_stages(r) / later_stages(naive):.2f}" if naive else "n/a"]
@@ -116,7 +126,7 @@ class Report:
                 rows.append(["naive sequential"] + [f"{r['final'][t]:.3f}" for t in self.tasks]
                             + ["lower bound: fine-tuning seg → det → cls, no remedy"])
         finals = {t: [r["final"][t] for r in self.default] for t in self.tasks}
-        rows.append([f"default `{self.default[0]['strategy']}` ({len(self.default)} seeds)"]
+        rows.append([f"default `{self.default[0]['label']}` ({len(self.default)} seeds)"]
                     + [pm(finals[t]) for t in self.tasks] + ["the shipped recipe, mean ± std"])
         if self.joint:
             rows.append(["joint (NOT allowed)"] + [f"{self.joint['final'][t]:.3f}" for t in self.tasks]
@@ -207,7 +217,7 @@ class Report:
     def values(self) -> dict[str, str]:
         v: dict[str, str] = {}
         d = self.default
-        v["default.strategy"] = f"`{d[0]['strategy']}`"
+        v["default.strategy"] = f"`{d[0]['label']}`"
         v["default.seeds"] = ", ".join(str(r["seed"]) for r in d)
         v["default.n_seeds"] = str(len(d))
         v["default.folders"] = ", ".join(f"`{r['folder']}`" for r in d)
@@ -218,8 +228,8 @@ class Report:
             v[f"single.{t}"] = f"{self.single_value[t]:.3f}"
             v[f"single.{t}.folder"] = f"`{self.single[t]['folder']}`"
             for r in self.remedies:
-                v[f"{r['strategy']}.final.{t}"] = f"{r['final'][t]:.3f}"
-                v[f"{r['strategy']}.drop.{t}"] = f"{r['drop_pct'][t]:.1f}"
+                v[f"{r['key']}.final.{t}"] = f"{r['final'][t]:.3f}"
+                v[f"{r['key']}.drop.{t}"] = f"{r['drop_pct'][t]:.1f}"
             if self.joint:
                 v[f"joint.final.{t}"] = f"{self.joint['final'][t]:.3f}"
         if "final_mAP50" in d[0]:
@@ -240,10 +250,10 @@ class Report:
                 v["latency.median_ms"] = f"{lat['median_ms']:.0f}"
                 v["latency.threads"] = str(lat["threads"])
         for r in self.remedies:
-            v[f"{r['strategy']}.folder"] = f"`{r['folder']}`"
-            v[f"{r['strategy']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"
+            v[f"{r['key']}.folder"] = f"`{r['folder']}`"
+            v[f"{r['key']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"
         v["remedies.folders"] = ", ".join(f"`{r['folder']}`" for r in self.remedies)
-        forks = [f"`{r['strategy']}` from `{r['forked_from']}`" for r in self.remedies if r["forked_from"]]
+        forks = [f"`{r['label']}` from `{r['forked_from']}`" for r in self.remedies if r["forked_from"]]
         v["remedies.forks"] = "; ".join(forks) if forks else "none"
         if self.joint:
             v["joint.folder"] = f"`{self.joint['folder']}`"
@@ -251,7 +261,7 @@ class Report:
         if self.release:
             v["release.path"] = f"`{self.release.relative_to(self.base) if self.release.is_relative_to(self.base) else self.release}`"
             v.update(self.release_values())
-        v["commit"] = d[0]["config"].get("commit", "") or ""
+        v.update(self.ewc_diagnostics())
         return v
 
     def release_values(self) -> dict[str, str]:
@@ -264,6 +274,29 @@ class Report:
         return {"release.command": f"`{prov.get('command', '')}`", "release.seed": str(prov.get("seed", "")),
                 "release.commit": f"`{prov.get('commit', '')}`",
                 "release.mb": f"{self.release.stat().st_size / 2**20:.1f}"}
+
+    def ewc_diagnostics(self) -> dict[str, str]:
+        """For runs with EWC: the penalty λ/2·Σ F (θ − θ*)² for task 1 at the end of stage 2,
+        next to that stage's last epoch loss: is the penalty big enough to matter?"""
+        import torch
+
+        out: dict[str, str] = {}
+        for r in self.remedies:
+            folder = Path(r["folder"])
+            if "ewc" not in r["strategy"].split("+") or not (folder / "resume.pt").is_file():
+                continue
+            state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=True)["remedies"]["OneHeadEWC"]
+            fisher, star = state["importances"][0], state["saved_params"][0]
+            after = torch.load(folder / f"stage2_{self.tasks[1]}.pt", map_location="cpu",
+                               weights_only=True)["state_dict"]
+            lam = float(r["config"].get("remedy", {}).get("ewc_lambda", 1000.0))
+            pen = lam / 2 * sum(float((fisher[k] * (after[k] - star[k]) ** 2).sum()) for k in fisher)
+            losses = re.findall(r"Loss_Epoch/train_phase/train_stream/Task001 = ([0-9.eE+-]+)",
+                                (folder / "log.txt").read_text())
+            out[f"{r['key']}.ewc_penalty"] = f"{pen:.3g}"
+            out[f"{r['key']}.ewc_lambda"] = f"{lam:g}"
+            out[f"{r['key']}.stage2_loss"] = f"{float(losses[-1]):.3g}" if losses else "n/a"
+        return out
 
     # ------------------------------------------------------------------ figures
     def figures(self, out: Path) -> dict[str, str]:
@@ -296,7 +329,7 @@ class Report:
         stages = [f"after {t}" for t in self.tasks]
         for j, (ax, t) in enumerate(zip(axes, self.tasks)):
             for r in self.remedies:
-                ax.plot(stages, [row[j] for row in r["matrix"]], marker="o", label=r["strategy"])
+                ax.plot(stages, [row[j] for row in r["matrix"]], marker="o", label=r["label"])
             ax.axhline(self.single_value[t], color="k", ls="--", lw=1, label="single-task")
             if self.joint:
                 ax.axhline(self.joint["final"][t], color="grey", ls=":", lw=1.5, label="joint (not allowed)")

@@ -319,3 +319,13 @@ def test_fork_refuses_what_it_cannot_reproduce(runs, tmp_path, capsys):
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("error:") and why in err[0], err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_fork_takes_remedy_options_and_waits_with_no_train(runs, tmp_path):
+    fork_cli = load_script("experiments/fork_run.py")
+    dest = tmp_path / "ewc-strong"
+    assert fork_cli.main([str(runs.a), str(dest), "--strategy", "ewc", "--ewc-lambda", "5e4", "--no-train"]) == 0
+    cfg = json.loads((dest / "config.json").read_text())
+    assert cfg["strategy"] == "ewc" and cfg["remedy"]["ewc_lambda"] == 5e4 and cfg["out"] == str(dest)
+    state = torch.load(dest / "resume.pt", map_location="cpu", weights_only=True)
+    assert state["progress"]["done"] == 1 and not (dest / "metrics.json").exists()
