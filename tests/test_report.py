@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "64", "--epochs", "1", "--max-images", "6", "--batch-size", "2", "--workers", "0",
         "--no-pretrained", "--no-progress", "--device", "cpu"]
 
+REMEDY_FOLDERS = ("naive", "ewc-l1e5", "lwf", "replay", "ewc+replay", "ewc+replay-l1e5")
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -21,17 +24,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def report_runs(tmp_path_factory, synthetic_root, run_cli):
     base = tmp_path_factory.mktemp("report")
     folders = {}
-    for name, extra in (("naive", ["--strategy", "naive", "--seed", "0"]), ("s1", ["--strategy", "naive", "--seed", "1"]),
+    for name, extra in (("s0", ["--strategy", "ewc+replay", "--seed", "0"]),
+                        ("s1", ["--strategy", "ewc+replay", "--seed", "1"]),
                         ("joint", ["--joint", "--batch-size", "3"])):
         folders[name] = base / name
         assert run_cli.main([*TINY, *extra, "--data-root", str(synthetic_root), "--out", str(folders[name])]) == 0
     card = subprocess.run([sys.executable, "-m", "avalanche_onehead.compliance", "--weights",
-                           str(folders["naive"] / "model.pt"), "--runs", "2", "--warmup", "1", "--size", "64"],
+                           str(folders["s0"] / "model.pt"), "--runs", "2", "--warmup", "1", "--size", "64"],
                           capture_output=True, text=True, cwd=REPO, check=True)
     (base / "compliance.json").write_text(card.stdout)
-    manifest = {"default": [str(folders["naive"]), str(folders["s1"])], "remedies": [str(folders["naive"])],
-                "single": {t: str(folders["naive"]) for t in ("seg", "det", "cls")}, "joint": str(folders["joint"]),
-                "compliance": str(base / "compliance.json"), "release": str(folders["naive"] / "model.pt")}
+    # the shipped template names the remedy runs by folder: stand-ins copied from the seed-0 run
+    remedies = [base / "remedies" / n for n in REMEDY_FOLDERS]
+    for r in remedies:
+        shutil.copytree(folders["s0"], r)
+    manifest = {"default": [str(folders["s0"]), str(folders["s1"])], "remedies": [str(r) for r in remedies],
+                "single": {t: str(folders["s0"]) for t in ("seg", "det", "cls")}, "joint": str(folders["joint"]),
+                "compliance": str(base / "compliance.json"), "release": str(folders["s0"] / "model.pt")}
     (base / "manifest.json").write_text(json.dumps(manifest))
     return SimpleNamespace(base=base, manifest=base / "manifest.json", **folders)
 
@@ -46,7 +54,7 @@ def test_the_shipped_template_is_filled_from_the_runs(report_runs):
     assert report.main(["--manifest", str(report_runs.manifest), "--out", str(out)]) == 0
     text = out.read_text()
     assert "{{" not in text and "}}" not in text
-    m0, m1 = _metrics(report_runs.naive), _metrics(report_runs.s1)
+    m0, m1 = _metrics(report_runs.s0), _metrics(report_runs.s1)
     for t in ("seg", "det", "cls"):
         mean = (m0["final"][t] + m1["final"][t]) / 2
         assert f"{mean:.3f} ± " in text  # the seeds' mean, computed, not typed
@@ -79,9 +87,9 @@ def test_seed_statistics_and_drops(report_runs, tmp_path):
     assert report.main(["--manifest", str(report_runs.manifest), "--template", str(template), "--out", str(out),
                         "--no-figures"]) == 0
     cls, drop, single = out.read_text().strip().split("|")
-    finals = [_metrics(f)["final"]["cls"] for f in (report_runs.naive, report_runs.s1)]
+    finals = [_metrics(f)["final"]["cls"] for f in (report_runs.s0, report_runs.s1)]
     mean, std = sum(finals) / 2, abs(finals[0] - finals[1]) / 2 ** 0.5
     assert cls == f"{mean:.3f} ± {std:.3f}"
-    drops = [_metrics(f)["drop_pct"]["seg"] for f in (report_runs.naive, report_runs.s1)]
+    drops = [_metrics(f)["drop_pct"]["seg"] for f in (report_runs.s0, report_runs.s1)]
     assert drop.startswith(f"{sum(drops) / 2:.1f} ± ")
-    assert single == f"{_metrics(report_runs.naive)['baseline']['det']:.3f}"
+    assert single == f"{_metrics(report_runs.s0)['baseline']['det']:.3f}"
