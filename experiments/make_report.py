@@ -249,6 +249,9 @@ class Report:
             if lat:
                 v["latency.median_ms"] = f"{lat['median_ms']:.0f}"
                 v["latency.threads"] = str(lat["threads"])
+                v["latency.runs"] = str(lat["runs"])
+                v["latency.warmup"] = str(lat["warmup"])
+                v["latency.min_ms"] = f"{lat['min_ms']:.0f}"
         for r in self.remedies:
             v[f"{r['key']}.folder"] = f"`{r['folder']}`"
             v[f"{r['key']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"
