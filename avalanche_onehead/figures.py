@@ -113,7 +113,7 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
                 ax.imshow(rgba)
                 present = sorted({int(c) for c in np.unique(mask) if 0 < c < 255})
                 ax.set_title(("truth: " if col % 2 == 0 else "predicted: ")
-                             + ", ".join(names[c] for c in present[:3]), fontsize=8)
+                             + (", ".join(names[c] for c in present[:3]) or "background only"), fontsize=8)
             elif task == "det":
                 for b in raw["boxes"].tolist():
                     ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ls="--",

@@ -76,8 +76,8 @@ class Report:
     """Everything the template can ask for, computed from the manifest's run folders."""
 
     def __init__(self, manifest: dict[str, Any], base: Path):
-        def path(p: str) -> Path:
-            return (base / p) if not Path(p).is_absolute() else Path(p)
+        def path(p: str) -> Path:  # kept as written (relative to ``base``) so the report shows it so
+            return Path(p) if Path(p).is_absolute() or base == Path.cwd() else base / p
 
         self.default = [load_run(path(p)) for p in manifest["default"]]
         self.remedies = [load_run(path(p)) for p in manifest["remedies"]]
