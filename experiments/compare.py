@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,7 +27,25 @@ def load_run(folder: Path) -> dict:
         raise FileNotFoundError(f"{folder}: no metrics.json (not a finished run folder)")
     m = json.loads(f.read_text())
     m["folder"] = str(folder)
+    cfg = folder / "config.json"
+    m["label"] = label(m["strategy"], json.loads(cfg.read_text()).get("remedy", {}) if cfg.is_file() else {})
     return m
+
+
+def label(strategy: str, remedy: dict[str, Any]) -> str:
+    """``ewc+replay (ewc_lambda 1e+05)``: the strategy and its non-default remedy options."""
+    parts = strategy.split("+")
+    opts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(remedy.items())
+            if k.split("_")[0] in parts]
+    return strategy + (f" ({', '.join(opts)})" if opts else "")
+
+
+def later_stages(r: dict) -> float:
+    """Training seconds after the first stage, where the remedies act (stage 1 is the
+    same computation for every strategy)."""
+    return sum(r["stage_seconds"].get(t, 0.0) for t in r["tasks"][1:])
+
+
 
 
 def table(runs: list[dict]) -> str:
@@ -34,17 +53,19 @@ def table(runs: list[dict]) -> str:
     tasks = runs[0]["tasks"]
     names = runs[0]["metric_names"]
     naive = next((r for r in runs if r["strategy"] == "naive"), None)
-    head = ["strategy"] + [f"{t} {names[t]} (drop %)" for t in tasks] + ["BWT", "avg", "train min", "× naive time"]
+    head = ["strategy"] + [f"{t} {names[t]} (drop %)" for t in tasks] + \
+           ["BWT", "avg", "train min", "stages 2+ time × naive"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        cells = [f"`{r['strategy']}`"]
+        cells = [f"`{r.get('label', r['strategy'])}`"]
         cells += [f"{r['final'][t]:.3f} ({r['drop_pct'][t]:+.1f})" for t in tasks]
         cells.append(f"{r.get('BWT', 0.0):+.3f}")
         cells.append(f"{r.get('AvgMetric', sum(r['final'].values()) / len(tasks)):.3f}")
         cells.append(f"{r['train_seconds'] / 60:.1f}")
-        cells.append(f"{r['train_seconds'] / naive['train_seconds']:.2f}" if naive else "n/a")
+        cells.append(f"{later_stages(r) / later_stages(naive):.2f}" if naive and later_stages(naive) else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    base = "; ".join(f"{t}: " + ", ".join(f"{r['strategy']} {r['baseline'][t]:.3f}" for r in runs) for t in tasks)
+    base = "; ".join(f"{t}: " + ", ".join(f"{r.get('label', r['strategy'])} {r['baseline'][t]:.3f}" for r in runs)
+                     for t in tasks)
     return "\n".join(lines) + f"\n\nBaselines (diagonal): {base}\n"
 
 
@@ -105,9 +126,9 @@ def main(argv=None) -> int:
 
 
 def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
-    from strategies import canonical
-
     import run as run_cli  # experiments/run.py
+
+    from strategies import canonical
 
     folder = out / canonical(strategy)
     if (folder / "metrics.json").is_file():

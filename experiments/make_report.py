@@ -27,6 +27,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import compare
+from compare import later_stages
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"seg": 0.50, "det": 0.15, "cls": 0.97}  # DESIGN quality bars (val, after the whole sequence)
 DROP_LIMIT = 5.0  # % relative to the task's own baseline
@@ -36,27 +39,15 @@ PARAM_TARGET = 5_000_000
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
+    """compare.py's run record plus its settings, fork source and template key."""
     folder = Path(folder)
-    f = folder / "metrics.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{folder}: no metrics.json (not a finished run folder)")
-    m = json.loads(f.read_text())
-    m["folder"] = str(folder)
+    m = compare.load_run(folder)
     cfg = folder / "config.json"
     m["config"] = json.loads(cfg.read_text()) if cfg.is_file() else {}
     forked = folder / "forked_from.json"
     m["forked_from"] = json.loads(forked.read_text())["source"] if forked.is_file() else None
-    m["label"] = label(m["strategy"], m["config"].get("remedy", {}))
     m["key"] = folder.name  # template keys: {{<folder name>.final.seg}}
     return m
-
-
-def label(strategy: str, remedy: dict[str, Any]) -> str:
-    """``ewc+replay (ewc_lambda 1e+05)``: the strategy and its non-default remedy options."""
-    parts = strategy.split("+")
-    opts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(remedy.items())
-            if k.split("_")[0] in parts]
-    return strategy + (f" ({', '.join(opts)})" if opts else "")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -311,8 +302,6 @@ class Report:
             figs["fig.matrix"] = "matrix_default.png"
         self.plot_stage_curves(out / "stage_curves.png")
         figs["fig.curves"] = "stage_curves.png"
-        import compare
-
         compare.plot(self.remedies, out / "remedies.png")
         figs["fig.remedies"] = "remedies.png"
         if self.release and self.release.is_file():
@@ -342,12 +331,6 @@ class Report:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
-
-
-def later_stages(r: dict) -> float:
-    """Training seconds after the first stage, where the remedies act (stage 1 is the
-    same computation for every strategy)."""
-    return sum(r["stage_seconds"].get(t, 0.0) for t in r["tasks"][1:])
 
 
 def yes(ok: bool) -> str:
