@@ -249,7 +249,9 @@ class Report:
         v["remedies.folders"] = ", ".join(f"`{r['folder']}`" for r in self.remedies)
         forks = [f"`{r['label']}` from `{r['forked_from']}`" for r in self.remedies if r["forked_from"]]
         v["remedies.forks"] = "; ".join(forks) if forks else "none"
-        if self.joint:
+        if not self.joint:
+            v["joint.folder"], v["joint.epochs"] = "(not run)", "–"
+        else:
             v["joint.folder"] = f"`{self.joint['folder']}`"
             v["joint.epochs"] = str(round(sum(self.joint["epochs"].values()) / len(self.tasks)))
         if self.release:
