@@ -121,7 +121,7 @@ class Report:
                     + [pm(finals[t]) for t in self.tasks] + ["the shipped recipe, mean ± std"])
         if self.joint:
             rows.append(["joint (NOT allowed)"] + [f"{self.joint['final'][t]:.3f}" for t in self.tasks]
-                        + ["upper bound: all three tasks trained together, same image count"])
+                        + ["upper bound: all three tasks trained together"])
         return md_table(head, rows)
 
     def table_seeds(self) -> str:
