@@ -57,20 +57,6 @@ def save_matrix_figure(metrics: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def _voc_colours(n: int = 256) -> np.ndarray:
-    """The VOC palette (bit-interleaved class id), as (n, 3) floats in [0, 1]."""
-    cmap = np.zeros((n, 3))
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        cmap[i] = (r / 255, g / 255, b / 255)
-    return cmap
-
-
 def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Path | None = None,
                      per_task: int = 4, score_threshold: float = 0.3, max_boxes: int = 5,
                      split: str = "val") -> Path:
@@ -82,13 +68,14 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
 
     from benchmarks import JointTransform, load_split
     from benchmarks.stream import data_root_of_checkpoint
+    from benchmarks.synthetic import voc_palette
 
     from .checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(weights)
     root = data_root_of_checkpoint(data_root, meta).path
     tf = JointTransform(meta["image_size"], train=False, mean=model.mean, std=model.std)
-    colours = _voc_colours()
+    colours = np.asarray(voc_palette(), dtype=float).reshape(-1, 3) / 255
     tasks = [t for t in ("seg", "det", "cls") if t in meta["classes"]]
     fig, axes = plt.subplots(len(tasks), per_task, figsize=(3.2 * per_task, 3.0 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):

@@ -120,15 +120,15 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
 
     from .errors import OneHeadError
 
-    strategy_name = canonical(cfg.strategy)  # fail fast on a bad name
-    if cfg.joint and strategy_name != "naive":
-        raise OneHeadError("--joint", f"joint training takes no forgetting remedy (got {strategy_name!r})")
+    remedy_name = canonical(cfg.strategy)  # fail fast on a bad name
+    if cfg.joint and remedy_name != "naive":
+        raise OneHeadError("--joint", f"joint training takes no forgetting remedy (got {remedy_name!r})")
     if cfg.joint and len(cfg.order) < 2:
         raise OneHeadError("--joint", "joint training needs at least two tasks")
     if cfg.joint and cfg.batch_size < len(cfg.order):
         raise OneHeadError("--batch-size", f"joint training puts every task in each batch: needs a batch of at "
                                            f"least {len(cfg.order)} (got {cfg.batch_size})")
-    strategy_name = "joint" if cfg.joint else strategy_name
+    strategy_name = "joint" if cfg.joint else remedy_name
     options = RemedyOptions.from_dict({"num_tasks": len(cfg.order), "seed": cfg.seed, **cfg.remedy})
     root = resolve_data_root(cfg.data_root, cfg.seed)
     log(root.describe())
@@ -158,10 +158,11 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     summary_metric = ForgettingSummary(task_metrics, cfg.order, strategy_name)
     summary = [] if cfg.joint else [summary_metric]  # one joint stage: nothing to forget
     evaluator = EvaluationPlugin(*task_metrics, *summary, loss_metrics(epoch=True), loggers=loggers)
-    remedies = build_plugins("naive" if cfg.joint else strategy_name, options)
-    strategy = (JointTraining if cfg.joint else Naive)(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
-                     train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
-                     plugins=remedies + [WarmupCosinePlugin()], evaluator=evaluator, eval_every=-1)
+    remedies = build_plugins(remedy_name, options)
+    template = JointTraining if cfg.joint else Naive
+    strategy = template(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
+                        train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
+                        plugins=remedies + [WarmupCosinePlugin()], evaluator=evaluator, eval_every=-1)
 
     meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
                 category_ids=stream.category_ids, image_size=cfg.image_size,

@@ -46,8 +46,6 @@ def later_stages(r: dict) -> float:
     return sum(r["stage_seconds"].get(t, 0.0) for t in r["tasks"][1:])
 
 
-
-
 def table(runs: list[dict]) -> str:
     """Markdown: final metric and relative drop per task, BWT, average, train time, overhead."""
     tasks = runs[0]["tasks"]

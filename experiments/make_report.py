@@ -66,19 +66,15 @@ def rel_drop(base: float, final: float) -> float:
 class Report:
     """Everything the template can ask for, computed from the manifest's run folders."""
 
-    def __init__(self, manifest: dict[str, Any], base: Path):
-        def path(p: str) -> Path:  # kept as written (relative to ``base``) so the report shows it so
-            return Path(p) if Path(p).is_absolute() or base == Path.cwd() else base / p
-
-        self.default = [load_run(path(p)) for p in manifest["default"]]
-        self.remedies = [load_run(path(p)) for p in manifest["remedies"]]
-        self.single = {t: load_run(path(p)) for t, p in manifest["single"].items()}
-        self.joint = load_run(path(manifest["joint"])) if manifest.get("joint") else None
-        comp = manifest.get("compliance")
-        self.compliance = json.loads(path(comp).read_text()) if comp and path(comp).is_file() else None
-        self.release = path(manifest["release"]) if manifest.get("release") else None
+    def __init__(self, manifest: dict[str, Any]):
+        self.default = [load_run(p) for p in manifest["default"]]
+        self.remedies = [load_run(p) for p in manifest["remedies"]]
+        self.single = {t: load_run(p) for t, p in manifest["single"].items()}
+        self.joint = load_run(manifest["joint"]) if manifest.get("joint") else None
+        comp = Path(manifest["compliance"]) if manifest.get("compliance") else None
+        self.compliance = json.loads(comp.read_text()) if comp and comp.is_file() else None
+        self.release = Path(manifest["release"]) if manifest.get("release") else None
         self.data_root = manifest.get("data_root")
-        self.base = base
         d0 = self.default[0]
         self.tasks: list[str] = d0["tasks"]
         self.names: dict[str, str] = d0["metric_names"]
@@ -88,12 +84,10 @@ class Report:
         self.single_value = {t: self.single[t]["baseline"][t] for t in self.tasks}
 
     # ------------------------------------------------------------------ tables
-    def cell(self, r: dict, t: str, single: bool = True) -> str:
-        """final (relative drop vs diagonal / vs single-task; absolute drop vs diagonal)."""
+    def cell(self, r: dict, t: str) -> str:
+        """final (relative / absolute drop vs diagonal); relative drop vs single-task."""
         f, b = r["final"][t], r["baseline"][t]
-        s = self.single_value[t]
-        out = f"{f:.3f} ({rel_drop(b, f):+.1f} % / {b - f:+.3f})"
-        return out + (f"; {rel_drop(s, f):+.1f} % vs single" if single else "")
+        return f"{f:.3f} ({rel_drop(b, f):+.1f} % / {b - f:+.3f}); {rel_drop(self.single_value[t], f):+.1f} % vs single"
 
     def table_remedies(self) -> str:
         naive = next((r for r in self.remedies if r["strategy"] == "naive"), None)
@@ -255,7 +249,7 @@ class Report:
             v["joint.folder"] = f"`{self.joint['folder']}`"
             v["joint.epochs"] = str(round(sum(self.joint["epochs"].values()) / len(self.tasks)))
         if self.release:
-            v["release.path"] = f"`{self.release.relative_to(self.base) if self.release.is_relative_to(self.base) else self.release}`"
+            v["release.path"] = f"`{self.release}`"
             v.update(self.release_values())
         v.update(self.ewc_diagnostics())
         return v
@@ -357,7 +351,7 @@ def build(manifest_path: Path, template_path: Path, out: Path, figures_dir: Path
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{manifest_path}: not a readable JSON manifest ({e})") from None
-    rep = Report(manifest, Path.cwd())  # manifest paths are relative to where the command runs
+    rep = Report(manifest)  # manifest paths are relative to where the command runs
     values = rep.values()
     values.update({
         "table.remedies": rep.table_remedies(), "table.references": rep.table_references(),
