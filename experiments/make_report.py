@@ -351,6 +351,9 @@ def build(manifest_path: Path, template_path: Path, out: Path, figures_dir: Path
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{manifest_path}: not a readable JSON manifest ({e})") from None
+    missing = [k for k in ("default", "remedies", "single") if not isinstance(manifest, dict) or not manifest.get(k)]
+    if missing:
+        raise ValueError(f"{manifest_path}: the manifest names no {', '.join(missing)} run folder(s)")
     rep = Report(manifest)  # manifest paths are relative to where the command runs
     values = rep.values()
     values.update({

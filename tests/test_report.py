@@ -93,3 +93,15 @@ def test_seed_statistics_and_drops(report_runs, tmp_path):
     drops = [_metrics(f)["drop_pct"]["seg"] for f in (report_runs.s0, report_runs.s1)]
     assert drop.startswith(f"{sum(drops) / 2:.1f} ± ")
     assert single == f"{_metrics(report_runs.s0)['baseline']['det']:.3f}"
+
+
+def test_a_manifest_without_runs_is_one_error_line(tmp_path, capsys):
+    report = load_script("experiments/make_report.py")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"remedies": ["x"]}))
+    with pytest.raises(SystemExit) as e:
+        report.main(["--manifest", str(manifest), "--out", str(tmp_path / "r.md"), "--no-figures"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.json" in err[0] and "default" in err[0] and "single" in err[0]
+    assert not (tmp_path / "r.md").exists()
