@@ -146,6 +146,7 @@ def make_config(args):
         settings["joint"] = True
         if "strategy" not in given:
             settings["strategy"] = "naive"  # the recipe's remedies do not apply to joint training
+            settings.pop("remedy", None)
     if "no_pretrained" in given:
         settings["pretrained"] = False
     settings["progress"] = not args.no_progress

@@ -70,4 +70,6 @@ def test_no_config_means_the_tuned_default_recipe(run_cli, synthetic_root):
 def test_a_flag_equal_to_its_default_still_beats_the_config(run_cli, synthetic_root):
     cfg = config_of(run_cli, ["--data-root", str(synthetic_root), "--strategy", "naive"])
     assert cfg.strategy == "naive"
-    assert config_of(run_cli, ["--data-root", str(synthetic_root), "--joint"]).strategy == "naive"
+    joint = config_of(run_cli, ["--data-root", str(synthetic_root), "--joint"])
+    assert joint.strategy == "naive" and joint.joint
+    assert joint.remedy == {}  # the recipe's LwF options do not follow it into joint training
