@@ -58,6 +58,7 @@ def evaluate(args) -> dict:
     tasks = parse_tasks(args.tasks)
     device = "cpu" if args.cpu else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(args.weights, device)
+    model = model.for_inference()  # BatchNorm folded into the convs: faster, same predictions
     root = data_root_of_checkpoint(args.data_root, meta)
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     say(root.describe())

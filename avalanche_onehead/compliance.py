@@ -5,7 +5,10 @@
 
 Latency is measured at 512 x 512, batch 1, WITH post-processing (detection
 decoding + NMS, mask upsampling to the original size, softmax), after warm-up,
-as the median of ``--runs`` timed calls on the chosen device.
+as the median of ``--runs`` timed calls on the chosen device, of the model as it is
+deployed: ``OneHeadNet.for_inference()``, with BatchNorm folded into the convs.  The
+card also gives the network's share of that time and, for comparison, the median of
+the model as trained (BatchNorm not folded).
 """
 from __future__ import annotations
 
@@ -48,22 +51,33 @@ def neck_report(model: OneHeadNet) -> dict:
 
 @torch.no_grad()
 def measure_latency(model: OneHeadNet, size: int = 512, runs: int = 30, warmup: int = 5,
-                    device: str = "cpu", orig_size: tuple[int, int] = (480, 640)) -> dict:
-    model = model.to(device).eval()
+                    device: str = "cpu", orig_size: tuple[int, int] = (480, 640), fold: bool = True) -> dict:
+    """Median wall time of ``predict`` (network + decoding), and of the network alone, so
+    a report can say where the time goes.  ``fold=False`` times the model as trained
+    (BatchNorm not folded), for comparison."""
+    model = model.to(device)
+    model = model.for_inference() if fold else model.eval()
     x = torch.randn(1, 3, size, size, device=device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        model.predict(x, [orig_size])
-    sync()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model.predict(x, [orig_size])
+
+    def timed(call) -> list[float]:
+        for _ in range(warmup):
+            call()
         sync()
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "runs": runs, "warmup": warmup, "image_size": size, "batch": 1, "device": str(device),
-            "threads": torch.get_num_threads(), "post_processing": True}
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            call()
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    full = timed(lambda: model.predict(x, [orig_size]))
+    network = timed(lambda: model(x))
+    return {"median_ms": statistics.median(full), "min_ms": min(full), "max_ms": max(full),
+            "network_median_ms": statistics.median(network),
+            "runs": runs, "warmup": warmup, "image_size": size, "original_size": list(orig_size), "batch": 1, "device": str(device),
+            "threads": torch.get_num_threads(), "post_processing": True, "batchnorm_folded": fold}
 
 
 def card(model: OneHeadNet, latency: dict | None) -> dict:
@@ -98,7 +112,11 @@ def main(argv=None) -> int:
             model, _ = load_checkpoint(args.weights, args.device)
         else:
             model = create_model(args.backbone, pretrained=False)
-        lat = None if args.no_latency else measure_latency(model, args.size, args.runs, args.warmup, args.device)
+        lat = None
+        if not args.no_latency:
+            lat = measure_latency(model, args.size, args.runs, args.warmup, args.device)
+            unfolded = measure_latency(model, args.size, args.runs, args.warmup, args.device, fold=False)
+            lat["unfolded_median_ms"] = unfolded["median_ms"]
         out = card(model, lat)
     print(json.dumps(out, indent=2))
     return 0

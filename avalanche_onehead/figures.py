@@ -73,6 +73,7 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
     from .checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(weights)
+    model = model.for_inference()
     root = data_root_of_checkpoint(data_root, meta).path
     tf = JointTransform(meta["image_size"], train=False, mean=model.mean, std=model.std)
     colours = np.asarray(voc_palette(), dtype=float).reshape(-1, 3) / 255

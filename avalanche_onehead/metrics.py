@@ -33,9 +33,9 @@ class SegEvaluator:
         self.metric.update(pred.cpu(), mask.cpu())
 
     def update(self, raw: Tensor, target: Tensor) -> None:
-        from .tasks import upsample_logits
+        from .tasks import class_map
 
-        self.update_masks(upsample_logits(raw, target.shape[-2:]).argmax(1), target)
+        self.update_masks(class_map(raw, target.shape[-2:]), target)
 
     def compute(self) -> dict[str, float]:
         confmat = self.metric.confmat.double()

@@ -237,6 +237,12 @@ class Report:
                 v["latency.runs"] = str(lat["runs"])
                 v["latency.warmup"] = str(lat["warmup"])
                 v["latency.min_ms"] = f"{lat['min_ms']:.0f}"
+                net = lat.get("network_median_ms")
+                v["latency.network_ms"] = f"{net:.0f}" if net is not None else "not measured"
+                v["latency.decode_ms"] = f"{lat['median_ms'] - net:.0f}" if net is not None else "not measured"
+                v["latency.original_size"] = "×".join(str(n) for n in lat.get("original_size", (480, 640)))
+                slow = lat.get("unfolded_median_ms")
+                v["latency.unfolded_ms"] = f"{slow:.0f}" if slow is not None else "not measured"
         for r in self.remedies:
             v[f"{r['key']}.folder"] = f"`{r['folder']}`"
             v[f"{r['key']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"

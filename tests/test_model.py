@@ -240,3 +240,62 @@ def test_empty_targets_raise():
 def test_model_is_a_onehead_net(random_model):
     assert isinstance(random_model, OneHeadNet)
     assert random_model.task_order == ["seg", "det", "cls"]
+
+
+def _with_batchnorm_statistics(model: OneHeadNet) -> OneHeadNet:
+    """Non-trivial running statistics and affine weights, so folding has something to fold."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone,norm", [("efficientnet_lite0", "none"), ("mobilenetv3_small_100", "bn")])
+def test_inference_copy_folds_batchnorm_and_predicts_the_same(backbone, norm):
+    torch.manual_seed(0)
+    model = _with_batchnorm_statistics(create_model(backbone, pretrained=False, norm=norm))
+    fast = model.for_inference()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    for t in TASKS:
+        assert torch.allclose(want[t], got[t], rtol=1e-4, atol=1e-4), t
+    p, q = model.predict(x, [(48, 80)] * 2), fast.predict(x, [(48, 80)] * 2)
+    assert all(torch.equal(a["seg"], b["seg"]) and torch.equal(a["cls"].argmax(), b["cls"].argmax())
+               for a, b in zip(p, q))
+
+
+def test_inference_copy_falls_back_when_folding_would_change_outputs(monkeypatch, random_model):
+    import avalanche_onehead.model as model_module
+
+    def broken_fold(module):  # stands in for a backbone whose conv/norm order is not conv -> norm
+        module.head[-1].weight.data.mul_(3.0)
+        return 1
+
+    monkeypatch.setattr(model_module, "fold_batchnorm", broken_fold)
+    with pytest.warns(UserWarning, match="unfolded"):
+        fast = random_model.for_inference()
+    assert torch.equal(fast.head[-1].weight, random_model.head[-1].weight)
+
+
+def test_class_map_is_upsample_then_argmax():
+    from avalanche_onehead.tasks import class_map, upsample_logits
+
+    raw = torch.randn(2, 21, 16, 16)
+    want = upsample_logits(raw, (48, 80)).argmax(1)
+    assert torch.equal(class_map(raw, (48, 80)), want)
+    assert class_map(raw, (48, 80)).shape == (2, 48, 80)
+
+
+def test_latency_is_measured_on_the_folded_model_with_a_network_share(random_model):
+    from avalanche_onehead.compliance import measure_latency
+
+    lat = measure_latency(random_model, size=64, runs=2, warmup=1)
+    assert lat["batchnorm_folded"] and lat["post_processing"] and lat["runs"] == 2
+    assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["max_ms"] and lat["network_median_ms"] > 0
