@@ -14,6 +14,7 @@ the ImageNet features.  The backbone's BatchNorm layers stay in eval mode
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -176,7 +177,7 @@ class OneHeadNet(nn.Module):
         return out
 
     @torch.no_grad()
-    def for_inference(self) -> "OneHeadNet":
+    def for_inference(self) -> OneHeadNet:
         """An eval-mode copy for prediction only, with every BatchNorm that follows a conv
         folded into that conv.  In eval mode a BatchNorm is a fixed per-channel affine map,
         yet on CPU it costs a full pass over the activations: folding it makes the Lite0
@@ -218,7 +219,7 @@ def fold_batchnorm(module: nn.Module) -> int:
     count = 0
     for parent in list(module.modules()):
         names = list(parent._modules)
-        for conv_name, norm_name in zip(names, names[1:]):
+        for conv_name, norm_name in itertools.pairwise(names):
             conv, norm = parent._modules[conv_name], parent._modules[norm_name]
             if not (type(conv) is nn.Conv2d and isinstance(norm, nn.BatchNorm2d)
                     and norm.track_running_stats and conv.out_channels == norm.num_features):
