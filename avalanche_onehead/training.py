@@ -257,13 +257,19 @@ RESUME_FILE = "resume.pt"
 CLOCK_COUNTERS = ("train_iterations", "total_iterations")
 
 
-FIRST_STAGE_FILE = "resume_stage1.pt"  # kept: other remedies can start from it (experiments/fork_run.py)
+def stage_state_file(stage: int) -> str:
+    """The state right after ``stage`` (1-based), kept so that a fork can start there
+    (experiments/fork_run.py): another remedy after stage 1, another schedule later on."""
+    return f"resume_stage{stage}.pt"
+
+
+FIRST_STAGE_FILE = stage_state_file(1)
 
 
 def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
     state = {"progress": progress,
              "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}
-    names = [RESUME_FILE] + ([FIRST_STAGE_FILE] if progress["done"] == 1 else [])
+    names = [RESUME_FILE, stage_state_file(int(progress["done"]))]
     for name in names:
         tmp = run_dir / f".{name}.tmp"
         torch.save(state, tmp)

@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Try another remedy without retraining the first stage.
+"""Try another remedy, or a longer later stage, without retraining the stages before.
 
     python experiments/fork_run.py runs/ewc+replay runs/replay --strategy replay
     python experiments/fork_run.py runs/ewc+replay runs/ewc-1e5 --strategy ewc --ewc-lambda 1e5
+    python experiments/fork_run.py runs/lwf runs/lwf-cls5 --after-stage 2 --epochs cls=5
 
 No remedy acts during the first experience (there is nothing to forget yet: no
 EWC penalty, no replay memory, no teacher), so stage 1 is the same computation
 for every strategy with the same settings and seed.  This copies SOURCE's
-stage-1 checkpoint and state into a new run folder with another ``--strategy``
-and continues it from stage 2 exactly as ``run.py --resume`` would; the result
-equals a run of that strategy from scratch (the test suite checks it).  The
-stage-1 time in the new metrics.json is the source's.
+checkpoints and state up to a stage into a new run folder, with another
+``--strategy`` (after stage 1 only) or other epochs for the stages still to
+come, and continues it exactly as ``run.py --resume`` would: every stage starts
+from its own seed, so the result equals a run of those settings from scratch
+(the test suite checks both kinds of fork).  The times of the copied stages in
+the new metrics.json are the source's.
 
-The source must be a run folder that finished stage 1 (it keeps
-``resume_stage1.pt``).  EWC needs the Fisher information of stage 1, so a
-strategy with ``ewc`` can only be forked from a source whose strategy had it.
+The source must be a run folder that finished the stage (it keeps
+``resume_stage<K>.pt``; a finished run from before those files existed works too
+when its remedies keep no per-stage state of their own, e.g. lwf or replay).
+EWC needs the Fisher information of stage 1, so a strategy with ``ewc`` can
+only be forked from a source whose strategy had it.
 """
 from __future__ import annotations
 
@@ -31,23 +36,67 @@ from avalanche_onehead.cli import fail
 from avalanche_onehead.errors import OneHeadError
 
 
-def first_stage_state(source: Path) -> tuple[Path, dict]:
+def parse_stage_epochs(text: str) -> dict[str, int]:
+    """``"cls=5,det=3"`` -> ``{"cls": 5, "det": 3}``."""
+    out = {}
+    for item in text.split(","):
+        task, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit() or int(n) < 1:
+            raise ValueError(f"--epochs {text!r}: expected task=N[,task=N] with N >= 1")
+        out[task.strip()] = int(n)
+    return out
+
+
+def stage_state(source: Path, stage: int) -> tuple[Path | None, dict]:
+    """The state SOURCE saved right after ``stage``; for a finished run that predates
+    per-stage state files, derived from its final state where that is exact."""
     import torch
 
-    from avalanche_onehead.training import FIRST_STAGE_FILE, RESUME_FILE
+    from avalanche_onehead.training import RESUME_FILE, stage_state_file
 
-    for name in (FIRST_STAGE_FILE, RESUME_FILE):
+    for name in (stage_state_file(stage), RESUME_FILE):
         f = source / name
         if f.is_file():
             state = torch.load(f, map_location="cpu", weights_only=True)
-            if int(state["progress"]["done"]) == 1:
+            if int(state["progress"]["done"]) == stage:
                 return f, state
-    raise ValueError(f"{source}: no state saved right after stage 1 ({FIRST_STAGE_FILE}); "
-                     "fork from a run folder that finished its first stage")
+    last = source / RESUME_FILE
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if int(state["progress"]["done"]) > stage:
+            return None, truncated_state(source, state, stage)
+    raise ValueError(f"{source}: no state saved right after stage {stage} ({stage_state_file(stage)}); "
+                     f"fork from a run folder that finished stage {stage}")
 
 
-def fork(source: Path, dest: Path, strategy: str, remedy: dict | None = None) -> Path:
-    """Write DEST: SOURCE's stage 1 with another strategy, ready for ``run.py --resume DEST``."""
+def truncated_state(source: Path, state: dict, stage: int) -> dict:
+    """A later state cut back to ``stage``: the metric rows and stage times of the first
+    stages, and remedy state that depends only on them.  Replay refills its memory and
+    LwF takes its teacher from the finished stages, so they need nothing; separate-mode
+    EWC keeps one Fisher per finished task, so the later tasks' entries are dropped.
+    Online EWC merges all tasks into one estimate, which cannot be taken apart."""
+    cfg = json.loads((source / "config.json").read_text())
+    if cfg.get("remedy", {}).get("ewc_mode") == "online":
+        raise ValueError(f"{source}: online EWC merged the Fisher of later stages into one estimate, and the "
+                         f"run kept no state of stage {stage}; it cannot be forked there")
+    p = state["progress"]
+    tasks = cfg["order"][:stage]
+    progress = {"done": stage, "matrix": p["matrix"][:stage], "extras": p["extras"][:stage],
+                "stage_seconds": {t: v for t, v in p["stage_seconds"].items() if t in tasks}}
+    # Avalanche's iteration counter after that stage was not kept: the TensorBoard x axis
+    # of the new stages starts from 0
+    remedies = {}
+    ewc = state["remedies"].get("OneHeadEWC")
+    if ewc:
+        remedies["OneHeadEWC"] = {k: {t: v for t, v in d.items() if int(t) < stage} for k, d in ewc.items()}
+    return {"progress": progress, "remedies": remedies}
+
+
+def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | None = None,
+         after_stage: int = 1, epochs: dict[str, int] | None = None) -> Path:
+    """Write DEST: SOURCE up to stage ``after_stage``, with another strategy (after stage 1)
+    or other epochs for the later stages, ready for ``run.py --resume DEST``."""
+    from avalanche_onehead.training import stage_state_file
     from strategies import canonical, parse_strategy
 
     if not (source / "config.json").is_file():
@@ -56,27 +105,54 @@ def fork(source: Path, dest: Path, strategy: str, remedy: dict | None = None) ->
         raise OneHeadError(dest, "already exists and is not empty")
     cfg = json.loads((source / "config.json").read_text())
     if cfg.get("joint"):
-        raise ValueError(f"{source}: a joint-training run has no first stage to fork")
-    state_file, state = first_stage_state(source)
-    name = canonical(strategy)
+        raise ValueError(f"{source}: a joint-training run has one stage, nothing to fork")
+    order = cfg["order"]
+    if not 1 <= after_stage < len(order):
+        raise ValueError(f"--after-stage must be 1..{len(order) - 1} for the {len(order)} stages of {source}")
+    name = canonical(strategy or cfg["strategy"])
+    new_remedy = {**cfg.get("remedy", {}), **(remedy or {})}
+    if after_stage > 1 and (name != canonical(cfg["strategy"]) or new_remedy != cfg.get("remedy", {})):
+        raise ValueError(f"{source}: stages 2..{after_stage} were trained with {cfg['strategy']!r} and its "
+                         f"options; a fork after stage {after_stage} must keep them (fork after stage 1 instead)")
+    unknown = [t for t in (epochs or {}) if t not in order]
+    if unknown:
+        raise ValueError(f"--epochs names {', '.join(unknown)}, not a stage of {source} ({', '.join(order)})")
+    done_tasks = order[:after_stage]
+    changed = [t for t in (epochs or {}) if t in done_tasks and epochs[t] != cfg["epochs"].get(t)]
+    if changed:
+        raise ValueError(f"--epochs: {', '.join(changed)} is already trained in the first {after_stage} "
+                         f"stage(s) of {source}; only {', '.join(order[after_stage:])} can change")
+    state_file, state = stage_state(source, after_stage)
     if "ewc" in parse_strategy(name) and not state["remedies"].get("OneHeadEWC", {}).get("importances"):
         raise ValueError(f"{source}: its strategy {cfg['strategy']!r} kept no EWC Fisher information of "
                          f"stage 1, so {name!r} cannot start from it; fork from a run with ewc")
-    stage1 = source / f"stage1_{cfg['order'][0]}.pt"
-    if not stage1.is_file():
-        raise FileNotFoundError(f"{stage1}: missing (the source run's stage-1 checkpoint)")
+    checkpoints = [source / f"stage{i + 1}_{t}.pt" for i, t in enumerate(done_tasks)]
+    for ckpt in checkpoints:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{ckpt}: missing (the source run's checkpoint of that stage)")
     tmp = dest.with_name(f".{dest.name}.forking")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    cfg.update(strategy=name, out=str(dest), remedy={**cfg.get("remedy", {}), **(remedy or {})})
+    source_strategy = cfg["strategy"]
+    cfg.update(strategy=name, out=str(dest), remedy=new_remedy, epochs={**cfg["epochs"], **(epochs or {})})
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    shutil.copy2(stage1, tmp / stage1.name)
-    shutil.copy2(state_file, tmp / "resume.pt")
-    shutil.copy2(state_file, tmp / "resume_stage1.pt")
-    if (source / "tb").is_dir():  # stage 1's curves, so TensorBoard shows the whole run
+    for ckpt in checkpoints:
+        shutil.copy2(ckpt, tmp / ckpt.name)
+    for i in range(1, after_stage):  # the earlier stages' states, so the fork can be forked too
+        if (source / stage_state_file(i)).is_file():
+            shutil.copy2(source / stage_state_file(i), tmp / stage_state_file(i))
+    import torch
+
+    for target in ("resume.pt", stage_state_file(after_stage)):
+        if state_file is not None:
+            shutil.copy2(state_file, tmp / target)
+        else:
+            torch.save(state, tmp / target)
+    if (source / "tb").is_dir():  # the copied stages' curves, so TensorBoard shows the whole run
         shutil.copytree(source / "tb", tmp / "tb")
     (tmp / "forked_from.json").write_text(json.dumps(
-        {"source": str(source), "source_strategy": cfg.get("strategy"), "stage": 1}, indent=2))
+        {"source": str(source), "source_strategy": source_strategy, "stage": after_stage,
+         "state": "saved" if state_file is not None else "derived from the source's final state"}, indent=2))
     if dest.exists():
         dest.rmdir()
     tmp.rename(dest)
@@ -85,9 +161,15 @@ def fork(source: Path, dest: Path, strategy: str, remedy: dict | None = None) ->
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="run folder that finished stage 1")
+    p.add_argument("source", help="run folder that finished the stage")
     p.add_argument("dest", help="new run folder")
-    p.add_argument("--strategy", required=True, help="remedies joined by '+' for stages 2..")
+    p.add_argument("--strategy", default=None,
+                   help="remedies joined by '+' for stages 2.. (default: the source's; other ones only "
+                        "with --after-stage 1)")
+    p.add_argument("--after-stage", type=int, default=1, metavar="K",
+                   help="keep the source's first K stages (default 1)")
+    p.add_argument("--epochs", default=None,
+                   help="epochs of the stages after K, e.g. 'cls=5' (default: the source's)")
     p.add_argument("--no-train", action="store_true", help="only write DEST; continue later with run.py --resume")
     p.add_argument("--no-progress", action="store_true")
     import run as run_cli  # experiments/run.py: the same remedy flags
@@ -99,8 +181,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     remedy = {k: getattr(args, k) for k in run_cli.REMEDY_FLAGS if getattr(args, k) is not None}
     with fail():
-        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy)
-        print(f"forked {args.source} (stage 1) -> {dest} with strategy {args.strategy}")
+        epochs = parse_stage_epochs(args.epochs) if args.epochs else None
+        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy, args.after_stage, epochs)
+        cfg = json.loads((dest / "config.json").read_text())
+        print(f"forked {args.source} (stages 1-{args.after_stage}) -> {dest}: strategy {cfg['strategy']}, "
+              f"epochs {cfg['epochs']}")
         if not args.no_train:
             return run_cli.main(["--resume", str(dest)] + (["--no-progress"] if args.no_progress else []))
     return 0

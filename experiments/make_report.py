@@ -45,7 +45,7 @@ def load_run(folder: str | Path) -> dict[str, Any]:
     cfg = folder / "config.json"
     m["config"] = json.loads(cfg.read_text()) if cfg.is_file() else {}
     forked = folder / "forked_from.json"
-    m["forked_from"] = json.loads(forked.read_text())["source"] if forked.is_file() else None
+    m["forked_from"] = json.loads(forked.read_text()) if forked.is_file() else None
     m["key"] = folder.name  # template keys: {{<folder name>.final.seg}}
     return m
 
@@ -215,8 +215,7 @@ class Report:
             for r in self.remedies:
                 v[f"{r['key']}.final.{t}"] = f"{r['final'][t]:.3f}"
                 v[f"{r['key']}.drop.{t}"] = f"{r['drop_pct'][t]:.1f}"
-            if self.joint:
-                v[f"joint.final.{t}"] = f"{self.joint['final'][t]:.3f}"
+            v[f"joint.final.{t}"] = f"{self.joint['final'][t]:.3f}" if self.joint else "(not run)"
         if "final_mAP50" in d[0]:
             v["default.final.mAP50"] = pm([r["final_mAP50"] for r in d])
         v["default.train_min"] = pm([r["train_seconds"] / 60 for r in d], 1)
@@ -247,11 +246,13 @@ class Report:
             v[f"{r['key']}.folder"] = f"`{r['folder']}`"
             v[f"{r['key']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"
         v["remedies.folders"] = ", ".join(f"`{r['folder']}`" for r in self.remedies)
-        forks = [f"`{r['label']}` from `{r['forked_from']}`" for r in self.remedies if r["forked_from"]]
+        forks = [f"`{r['label']}` from `{r['forked_from']['source']}` after stage {r['forked_from'].get('stage', 1)}"
+                 for r in self.remedies if r["forked_from"]]
         v["remedies.forks"] = "; ".join(forks) if forks else "none"
         if not self.joint:
-            v["joint.folder"], v["joint.epochs"] = "(not run)", "–"
+            v["joint.folder"], v["joint.epochs"], v["joint.train_min"] = "(not run)", "–", "–"
         else:
+            v["joint.train_min"] = f"{self.joint['train_seconds'] / 60:.1f}"
             v["joint.folder"] = f"`{self.joint['folder']}`"
             v["joint.epochs"] = str(round(sum(self.joint["epochs"].values()) / len(self.tasks)))
         if self.release:

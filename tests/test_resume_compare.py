@@ -329,3 +329,44 @@ def test_fork_takes_remedy_options_and_waits_with_no_train(runs, tmp_path):
     assert cfg["strategy"] == "ewc" and cfg["remedy"]["ewc_lambda"] == 5e4 and cfg["out"] == str(dest)
     state = torch.load(dest / "resume.pt", map_location="cpu", weights_only=True)
     assert state["progress"]["done"] == 1 and not (dest / "metrics.json").exists()
+
+
+def test_fork_after_stage_two_with_a_longer_last_stage_equals_a_run_from_scratch(runs, run_cli, tmp_path,
+                                                                                   synthetic_root):
+    fork_cli = load_script("experiments/fork_run.py")
+    scratch = tmp_path / "scratch"
+    args = [a if a != "1" else "seg=1,det=1,cls=2" for a in RUN_ARGS]
+    assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
+    # a source without the stage-2 state file (a run from before they were kept): derived from its final state
+    old = tmp_path / "old-source"
+    shutil.copytree(runs.a, old)
+    (old / "resume_stage2.pt").unlink()
+    ms, ss = _metrics(scratch), _state(scratch / "model.pt")
+    for source, how in ((runs.a, "saved"), (old, "derived")):
+        forked = tmp_path / f"forked-{how}"
+        assert fork_cli.main([str(source), str(forked), "--after-stage", "2", "--epochs", "cls=2",
+                              "--no-progress"]) == 0
+        mf = _metrics(forked)
+        assert mf["epochs"] == {"seg": 1, "det": 1, "cls": 2} and mf["strategy"] == STRATEGY
+        for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
+            assert rf == pytest.approx(rs, abs=1e-6)
+        sf = _state(forked / "model.pt")
+        assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
+        info = json.loads((forked / "forked_from.json").read_text())
+        assert info["stage"] == 2 and info["state"].startswith(how)
+
+
+def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
+    fork_cli = load_script("experiments/fork_run.py")
+    cases = [(["--after-stage", "2", "--strategy", "replay"], "must keep them"),
+             (["--after-stage", "2", "--epochs", "det=3"], "already trained"),
+             (["--after-stage", "3"], "--after-stage must be 1..2"),
+             (["--epochs", "cls=two"], "task=N"),
+             (["--epochs", "depth=2"], "not a stage")]
+    for extra, why in cases:
+        with pytest.raises(SystemExit) as e:
+            fork_cli.main([str(runs.a), str(tmp_path / "x"), *extra, "--no-progress"])
+        assert e.value.code != 0
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error:") and why in err[0], (extra, err)
+    assert not (tmp_path / "x").exists()
