@@ -6,8 +6,10 @@
 
 The manifest names the run folders (see experiments/report_runs.json):
 ``default`` (the default recipe, one folder per seed), ``remedies`` (one folder per
-strategy, same seed and settings), ``single`` (task -> a run whose diagonal holds that
-task trained alone from the ImageNet initialisation), ``joint`` (the joint-training
+strategy, same seed and settings), ``single`` (task -> a run, or a list of runs with
+different epochs, whose diagonal holds that task trained alone from the ImageNet
+initialisation; each run is compared with the one trained for as many epochs),
+``earlier_default`` (optional: the same seeds on an earlier schedule), ``joint`` (the joint-training
 upper bound), ``compliance`` (the JSON printed by ``python -m avalanche_onehead.compliance``)
 and ``release`` (the committed checkpoint).  Relative paths are read from the current folder (run it from the
 repository root).  The template's ``{{key}}`` placeholders are
@@ -69,7 +71,9 @@ class Report:
     def __init__(self, manifest: dict[str, Any]):
         self.default = [load_run(p) for p in manifest["default"]]
         self.remedies = [load_run(p) for p in manifest["remedies"]]
-        self.single = {t: load_run(p) for t, p in manifest["single"].items()}
+        self.singles = {t: [load_run(p) for p in ([ps] if isinstance(ps, str) else ps)]
+                        for t, ps in manifest["single"].items()}
+        self.earlier = [load_run(p) for p in manifest.get("earlier_default", [])]
         self.joint = load_run(manifest["joint"]) if manifest.get("joint") else None
         comp = Path(manifest["compliance"]) if manifest.get("compliance") else None
         self.compliance = json.loads(comp.read_text()) if comp and comp.is_file() else None
@@ -78,16 +82,24 @@ class Report:
         d0 = self.default[0]
         self.tasks: list[str] = d0["tasks"]
         self.names: dict[str, str] = d0["metric_names"]
-        for r in self.default + self.remedies:
+        for r in self.default + self.remedies + self.earlier:
             if r["tasks"] != self.tasks:
                 raise ValueError(f"{r['folder']}: task order {r['tasks']} differs from {self.tasks}")
+        self.single = {t: self.single_for(d0, t) for t in self.tasks}
         self.single_value = {t: self.single[t]["baseline"][t] for t in self.tasks}
+
+    def single_for(self, r: dict, t: str) -> dict:
+        """The single-task run of ``t`` trained for as many epochs as ``r`` trained it
+        (else the first one listed)."""
+        runs = self.singles[t]
+        return next((s for s in runs if s["epochs"].get(t) == r["epochs"].get(t)), runs[0])
 
     # ------------------------------------------------------------------ tables
     def cell(self, r: dict, t: str) -> str:
         """final (relative / absolute drop vs diagonal); relative drop vs single-task."""
         f, b = r["final"][t], r["baseline"][t]
-        return f"{f:.3f} ({rel_drop(b, f):+.1f} % / {b - f:+.3f}); {rel_drop(self.single_value[t], f):+.1f} % vs single"
+        single = self.single_for(r, t)["baseline"][t]
+        return f"{f:.3f} ({rel_drop(b, f):+.1f} % / {b - f:+.3f}); {rel_drop(single, f):+.1f} % vs single"
 
     def table_remedies(self) -> str:
         naive = next((r for r in self.remedies if r["strategy"] == "naive"), None)
@@ -183,6 +195,21 @@ class Report:
                 ["model options", ", ".join(f"{k} {v}" for k, v in cfg.get("model", {}).items()) or "defaults"]]
         return md_table(["setting", "value"], rows)
 
+    def table_schedule_change(self) -> str:
+        """The default recipe next to the same seeds on the earlier schedule."""
+        if not self.earlier:
+            return "(no earlier schedule in the manifest)"
+        head = ["schedule", "epochs"] + [f"{t} {self.names[t]}" for t in self.tasks] + \
+               [f"{t} drop %" for t in self.tasks[:-1]] + ["train min"]
+        rows = []
+        for name, runs in (("earlier", self.earlier), ("default", self.default)):
+            ep = runs[0]["epochs"]
+            rows.append([f"{name} ({len(runs)} seeds)", ", ".join(f"{t} {ep[t]}" for t in self.tasks)]
+                        + [pm([r["final"][t] for r in runs]) for t in self.tasks]
+                        + [pm([r["drop_pct"][t] for r in runs], 1) for t in self.tasks[:-1]]
+                        + [pm([r["train_seconds"] / 60 for r in runs], 1)])
+        return md_table(head, rows)
+
     def table_stage_time(self) -> str:
         head = ["run"] + [f"{t} stage (s)" for t in self.tasks] + ["total (min)"]
         rows = []
@@ -219,6 +246,13 @@ class Report:
         if "final_mAP50" in d[0]:
             v["default.final.mAP50"] = pm([r["final_mAP50"] for r in d])
         v["default.train_min"] = pm([r["train_seconds"] / 60 for r in d], 1)
+        for t in self.tasks:
+            v[f"default.epochs.{t}"] = str(d[0]["epochs"][t])
+            e = self.earlier
+            v[f"earlier.final.{t}"] = pm([r["final"][t] for r in e]) if e else "(not run)"
+            v[f"earlier.drop.{t}"] = pm([r["drop_pct"][t] for r in e], 1) if e else "(not run)"
+            v[f"earlier.epochs.{t}"] = str(e[0]["epochs"][t]) if e else "–"
+        v["earlier.train_min"] = pm([r["train_seconds"] / 60 for r in self.earlier], 1) if self.earlier else "–"
         v["params.total"] = f"{d[0]['params']:,}"
         v["params.millions"] = f"{d[0]['params'] / 1e6:.2f}"
         if self.compliance:
@@ -367,7 +401,7 @@ def build(manifest_path: Path, template_path: Path, out: Path, figures_dir: Path
         "table.remedies": rep.table_remedies(), "table.references": rep.table_references(),
         "table.seeds": rep.table_seeds(), "table.drops": rep.table_drops(), "table.targets": rep.table_targets(),
         "table.schedule": rep.table_schedule(), "table.stage_time": rep.table_stage_time(),
-        "table.params": rep.table_params(),
+        "table.params": rep.table_params(), "table.schedule_change": rep.table_schedule_change(),
     })
     if with_figures:
         values.update(rep.figures(figures_dir))

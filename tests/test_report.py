@@ -105,3 +105,28 @@ def test_a_manifest_without_runs_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "m.json" in err[0] and "default" in err[0] and "single" in err[0]
     assert not (tmp_path / "r.md").exists()
+
+
+def test_single_task_runs_are_matched_by_epochs_and_an_earlier_schedule_is_tabled(report_runs, tmp_path):
+    report = load_script("experiments/make_report.py")
+    longer = tmp_path / "single-cls-longer"  # a stand-in single-task run trained for 3 cls epochs
+    shutil.copytree(report_runs.s1, longer)
+    m = _metrics(longer)
+    m["epochs"] = {**m["epochs"], "cls": 3}
+    m["baseline"]["cls"] = 0.123
+    (longer / "metrics.json").write_text(json.dumps(m))
+    manifest = json.loads(report_runs.manifest.read_text())
+    manifest["single"]["cls"] = [str(longer), str(report_runs.s0)]
+    manifest["earlier_default"] = [str(report_runs.s1)]
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    template = tmp_path / "t.md"
+    template.write_text("{{single.cls}}|{{earlier.final.seg}}|{{default.epochs.cls}}\n\n{{table.schedule_change}}\n")
+    out = tmp_path / "r.md"
+    assert report.main(["--manifest", str(tmp_path / "m.json"), "--template", str(template), "--out", str(out),
+                        "--no-figures"]) == 0
+    head, table = out.read_text().split("\n\n", 1)
+    single, earlier, epochs = head.strip().split("|")
+    # the default ran cls for 1 epoch: the 1-epoch single-task run is its baseline, not the 3-epoch one
+    assert single == f"{_metrics(report_runs.s0)['baseline']['cls']:.3f}" and epochs == "1"
+    assert earlier == f"{_metrics(report_runs.s1)['final']['seg']:.3f} ± 0.000"
+    assert table.count("\n| ") == 2 and "earlier (1 seeds)" in table and "default (2 seeds)" in table
