@@ -9,7 +9,8 @@ The manifest names the run folders (see experiments/report_runs.json):
 strategy, same seed and settings), ``single`` (task -> a run, or a list of runs with
 different epochs, whose diagonal holds that task trained alone from the ImageNet
 initialisation; each run is compared with the one trained for as many epochs),
-``earlier_default`` (optional: the same seeds on an earlier schedule), ``joint`` (the joint-training
+``earlier_default`` (optional: the same seeds with an earlier recipe), ``others``
+(optional: more runs the text quotes by folder name, in no table), ``joint`` (the joint-training
 upper bound), ``compliance`` (the JSON printed by ``python -m avalanche_onehead.compliance``)
 and ``release`` (the committed checkpoint).  Relative paths are read from the current folder (run it from the
 repository root).  The template's ``{{key}}`` placeholders are
@@ -74,6 +75,7 @@ class Report:
         self.singles = {t: [load_run(p) for p in ([ps] if isinstance(ps, str) else ps)]
                         for t, ps in manifest["single"].items()}
         self.earlier = [load_run(p) for p in manifest.get("earlier_default", [])]
+        self.others = [load_run(p) for p in manifest.get("others", [])]
         self.joint = load_run(manifest["joint"]) if manifest.get("joint") else None
         comp = Path(manifest["compliance"]) if manifest.get("compliance") else None
         self.compliance = json.loads(comp.read_text()) if comp and comp.is_file() else None
@@ -195,16 +197,16 @@ class Report:
                 ["model options", ", ".join(f"{k} {v}" for k, v in cfg.get("model", {}).items()) or "defaults"]]
         return md_table(["setting", "value"], rows)
 
-    def table_schedule_change(self) -> str:
-        """The default recipe next to the same seeds on the earlier schedule."""
+    def table_earlier(self) -> str:
+        """The default recipe next to the same seeds with the earlier recipe."""
         if not self.earlier:
-            return "(no earlier schedule in the manifest)"
-        head = ["schedule", "epochs"] + [f"{t} {self.names[t]}" for t in self.tasks] + \
+            return "(no earlier recipe in the manifest)"
+        head = ["recipe", "epochs"] + [f"{t} {self.names[t]}" for t in self.tasks] + \
                [f"{t} drop %" for t in self.tasks[:-1]] + ["train min"]
         rows = []
         for name, runs in (("earlier", self.earlier), ("default", self.default)):
             ep = runs[0]["epochs"]
-            rows.append([f"{name} ({len(runs)} seeds)", ", ".join(f"{t} {ep[t]}" for t in self.tasks)]
+            rows.append([f"{name} `{runs[0]['label']}` ({len(runs)} seeds)", ", ".join(f"{t} {ep[t]}" for t in self.tasks)]
                         + [pm([r["final"][t] for r in runs]) for t in self.tasks]
                         + [pm([r["drop_pct"][t] for r in runs], 1) for t in self.tasks[:-1]]
                         + [pm([r["train_seconds"] / 60 for r in runs], 1)])
@@ -239,9 +241,11 @@ class Report:
             v[f"default.baseline.{t}"] = pm([r["baseline"][t] for r in d])
             v[f"single.{t}"] = f"{self.single_value[t]:.3f}"
             v[f"single.{t}.folder"] = f"`{self.single[t]['folder']}`"
-            for r in self.remedies:
+            for r in self.remedies + self.others:
                 v[f"{r['key']}.final.{t}"] = f"{r['final'][t]:.3f}"
                 v[f"{r['key']}.drop.{t}"] = f"{r['drop_pct'][t]:.1f}"
+                v[f"{r['key']}.epochs.{t}"] = str(r["epochs"][t])
+                v[f"{r['key']}.baseline.{t}"] = f"{r['baseline'][t]:.3f}"
             v[f"joint.final.{t}"] = f"{self.joint['final'][t]:.3f}" if self.joint else "(not run)"
         if "final_mAP50" in d[0]:
             v["default.final.mAP50"] = pm([r["final_mAP50"] for r in d])
@@ -252,6 +256,7 @@ class Report:
             v[f"earlier.final.{t}"] = pm([r["final"][t] for r in e]) if e else "(not run)"
             v[f"earlier.drop.{t}"] = pm([r["drop_pct"][t] for r in e], 1) if e else "(not run)"
             v[f"earlier.epochs.{t}"] = str(e[0]["epochs"][t]) if e else "–"
+        v["earlier.strategy"] = f"`{self.earlier[0]['label']}`" if self.earlier else "(not run)"
         v["earlier.train_min"] = pm([r["train_seconds"] / 60 for r in self.earlier], 1) if self.earlier else "–"
         v["params.total"] = f"{d[0]['params']:,}"
         v["params.millions"] = f"{d[0]['params'] / 1e6:.2f}"
@@ -276,7 +281,7 @@ class Report:
                 v["latency.original_size"] = "×".join(str(n) for n in lat.get("original_size", (480, 640)))
                 slow = lat.get("unfolded_median_ms")
                 v["latency.unfolded_ms"] = f"{slow:.0f}" if slow is not None else "not measured"
-        for r in self.remedies:
+        for r in self.remedies + self.others:
             v[f"{r['key']}.folder"] = f"`{r['folder']}`"
             v[f"{r['key']}.train_min"] = f"{r['train_seconds'] / 60:.1f}"
         v["remedies.folders"] = ", ".join(f"`{r['folder']}`" for r in self.remedies)
@@ -401,7 +406,7 @@ def build(manifest_path: Path, template_path: Path, out: Path, figures_dir: Path
         "table.remedies": rep.table_remedies(), "table.references": rep.table_references(),
         "table.seeds": rep.table_seeds(), "table.drops": rep.table_drops(), "table.targets": rep.table_targets(),
         "table.schedule": rep.table_schedule(), "table.stage_time": rep.table_stage_time(),
-        "table.params": rep.table_params(), "table.schedule_change": rep.table_schedule_change(),
+        "table.params": rep.table_params(), "table.earlier": rep.table_earlier(),
     })
     if with_figures:
         values.update(rep.figures(figures_dir))

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "64", "--epochs", "1", "--max-images", "6", "--batch-size", "2", "--workers", "0",
         "--no-pretrained", "--no-progress", "--device", "cpu"]
 
-REMEDY_FOLDERS = ("naive", "ewc-l1e5", "lwf", "replay", "ewc+replay", "ewc+replay-l1e5")
+REMEDY_FOLDERS = ("naive", "ewc-l1e5", "lwf", "replay", "ewc+replay", "ewc+replay-l1e5", "lwf+replay", "lwf+ewc-l1e5")
+OTHER_FOLDERS = ("cls5-s0",)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,9 +36,11 @@ def report_runs(tmp_path_factory, synthetic_root, run_cli):
     (base / "compliance.json").write_text(card.stdout)
     # the shipped template names the remedy runs by folder: stand-ins copied from the seed-0 run
     remedies = [base / "remedies" / n for n in REMEDY_FOLDERS]
-    for r in remedies:
+    others = [base / "others" / n for n in OTHER_FOLDERS]
+    for r in remedies + others:
         shutil.copytree(folders["s0"], r)
     manifest = {"default": [str(folders["s0"]), str(folders["s1"])], "remedies": [str(r) for r in remedies],
+                "others": [str(r) for r in others], "earlier_default": [str(folders["s1"])],
                 "single": {t: str(folders["s0"]) for t in ("seg", "det", "cls")}, "joint": str(folders["joint"]),
                 "compliance": str(base / "compliance.json"), "release": str(folders["s0"] / "model.pt")}
     (base / "manifest.json").write_text(json.dumps(manifest))
@@ -120,7 +123,7 @@ def test_single_task_runs_are_matched_by_epochs_and_an_earlier_schedule_is_table
     manifest["earlier_default"] = [str(report_runs.s1)]
     (tmp_path / "m.json").write_text(json.dumps(manifest))
     template = tmp_path / "t.md"
-    template.write_text("{{single.cls}}|{{earlier.final.seg}}|{{default.epochs.cls}}\n\n{{table.schedule_change}}\n")
+    template.write_text("{{single.cls}}|{{earlier.final.seg}}|{{default.epochs.cls}}\n\n{{table.earlier}}\n")
     out = tmp_path / "r.md"
     assert report.main(["--manifest", str(tmp_path / "m.json"), "--template", str(template), "--out", str(out),
                         "--no-figures"]) == 0
@@ -129,4 +132,4 @@ def test_single_task_runs_are_matched_by_epochs_and_an_earlier_schedule_is_table
     # the default ran cls for 1 epoch: the 1-epoch single-task run is its baseline, not the 3-epoch one
     assert single == f"{_metrics(report_runs.s0)['baseline']['cls']:.3f}" and epochs == "1"
     assert earlier == f"{_metrics(report_runs.s1)['final']['seg']:.3f} ± 0.000"
-    assert table.count("\n| ") == 2 and "earlier (1 seeds)" in table and "default (2 seeds)" in table
+    assert table.count("\n| ") == 2 and "(1 seeds)" in table and "(2 seeds)" in table
