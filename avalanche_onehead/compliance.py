@@ -24,6 +24,7 @@ from torch import nn
 from .model import OneHeadNet, count_parameters
 
 PARAM_LIMIT = 8_000_000
+ORIGINAL_SIZE = (480, 640)  # (h, w) the predictions are decoded to: a typical VOC/COCO photo
 
 
 def head_report(model: OneHeadNet) -> dict:
@@ -51,7 +52,7 @@ def neck_report(model: OneHeadNet) -> dict:
 
 @torch.no_grad()
 def measure_latency(model: OneHeadNet, size: int = 512, runs: int = 30, warmup: int = 5,
-                    device: str = "cpu", orig_size: tuple[int, int] = (480, 640), fold: bool = True) -> dict:
+                    device: str = "cpu", orig_size: tuple[int, int] = ORIGINAL_SIZE, fold: bool = True) -> dict:
     """Median wall time of ``predict`` (network + decoding), and of the network alone, so
     a report can say where the time goes.  ``fold=False`` times the model as trained
     (BatchNorm not folded), for comparison."""

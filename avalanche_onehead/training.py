@@ -263,9 +263,6 @@ def stage_state_file(stage: int) -> str:
     return f"resume_stage{stage}.pt"
 
 
-FIRST_STAGE_FILE = stage_state_file(1)
-
-
 def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
     state = {"progress": progress,
              "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}

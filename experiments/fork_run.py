@@ -96,6 +96,8 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
          after_stage: int = 1, epochs: dict[str, int] | None = None) -> Path:
     """Write DEST: SOURCE up to stage ``after_stage``, with another strategy (after stage 1)
     or other epochs for the later stages, ready for ``run.py --resume DEST``."""
+    import torch
+
     from avalanche_onehead.training import stage_state_file
     from strategies import canonical, parse_strategy
 
@@ -141,8 +143,6 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
     for i in range(1, after_stage):  # the earlier stages' states, so the fork can be forked too
         if (source / stage_state_file(i)).is_file():
             shutil.copy2(source / stage_state_file(i), tmp / stage_state_file(i))
-    import torch
-
     for target in ("resume.pt", stage_state_file(after_stage)):
         if state_file is not None:
             shutil.copy2(state_file, tmp / target)

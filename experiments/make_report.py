@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
 from compare import later_stages
 
+from avalanche_onehead.compliance import ORIGINAL_SIZE
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"seg": 0.50, "det": 0.15, "cls": 0.97}  # DESIGN quality bars (val, after the whole sequence)
 DROP_LIMIT = 5.0  # % relative to the task's own baseline
@@ -235,7 +237,12 @@ class Report:
         v["default.seeds"] = ", ".join(str(r["seed"]) for r in d)
         v["default.n_seeds"] = str(len(d))
         v["default.folders"] = ", ".join(f"`{r['folder']}`" for r in d)
+        e = self.earlier
         for t in self.tasks:
+            v[f"default.epochs.{t}"] = str(d[0]["epochs"][t])
+            v[f"earlier.final.{t}"] = pm([r["final"][t] for r in e]) if e else "(not run)"
+            v[f"earlier.drop.{t}"] = pm([r["drop_pct"][t] for r in e], 1) if e else "(not run)"
+            v[f"earlier.epochs.{t}"] = str(e[0]["epochs"][t]) if e else "–"
             v[f"default.final.{t}"] = pm([r["final"][t] for r in d])
             v[f"default.drop.{t}"] = pm([r["drop_pct"][t] for r in d], 1)
             v[f"default.baseline.{t}"] = pm([r["baseline"][t] for r in d])
@@ -250,14 +257,8 @@ class Report:
         if "final_mAP50" in d[0]:
             v["default.final.mAP50"] = pm([r["final_mAP50"] for r in d])
         v["default.train_min"] = pm([r["train_seconds"] / 60 for r in d], 1)
-        for t in self.tasks:
-            v[f"default.epochs.{t}"] = str(d[0]["epochs"][t])
-            e = self.earlier
-            v[f"earlier.final.{t}"] = pm([r["final"][t] for r in e]) if e else "(not run)"
-            v[f"earlier.drop.{t}"] = pm([r["drop_pct"][t] for r in e], 1) if e else "(not run)"
-            v[f"earlier.epochs.{t}"] = str(e[0]["epochs"][t]) if e else "–"
-        v["earlier.strategy"] = f"`{self.earlier[0]['label']}`" if self.earlier else "(not run)"
-        v["earlier.train_min"] = pm([r["train_seconds"] / 60 for r in self.earlier], 1) if self.earlier else "–"
+        v["earlier.strategy"] = f"`{e[0]['label']}`" if e else "(not run)"
+        v["earlier.train_min"] = pm([r["train_seconds"] / 60 for r in e], 1) if e else "–"
         v["params.total"] = f"{d[0]['params']:,}"
         v["params.millions"] = f"{d[0]['params'] / 1e6:.2f}"
         if self.compliance:
@@ -278,7 +279,7 @@ class Report:
                 net = lat.get("network_median_ms")
                 v["latency.network_ms"] = f"{net:.0f}" if net is not None else "not measured"
                 v["latency.decode_ms"] = f"{lat['median_ms'] - net:.0f}" if net is not None else "not measured"
-                v["latency.original_size"] = "×".join(str(n) for n in lat.get("original_size", (480, 640)))
+                v["latency.original_size"] = "×".join(str(n) for n in lat.get("original_size", ORIGINAL_SIZE))
                 slow = lat.get("unfolded_median_ms")
                 v["latency.unfolded_ms"] = f"{slow:.0f}" if slow is not None else "not measured"
         for r in self.remedies + self.others:
