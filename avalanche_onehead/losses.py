@@ -22,8 +22,12 @@ class OneHeadCriterion:
     holds one sample of the batch or all of them.
     """
 
-    def __init__(self, det_cfg: DetectionConfig | None = None, weights: dict[str, float] | None = None):
+    def __init__(self, det_cfg: DetectionConfig | None = None, weights: dict[str, float] | None = None,
+                 seg_loss_stride: int = 1):
         self.det_cfg = det_cfg or DetectionConfig()
+        # dense targets subsampled by this factor before the loss: the upsampled logits at
+        # full size dominate a segmentation step on cached features (measured)
+        self.dense_stride = seg_loss_stride
         self.weights = {t: 1.0 for t in TASKS}
         self.weights.update(weights or {})
         self.last: dict[str, float] = {}  # components of the latest call, for logging
@@ -32,7 +36,11 @@ class OneHeadCriterion:
         total = None
         self.last = {}
         for task, part in targets.parts.items():
-            comps = TASKS[task].loss(output[task][part.index], part.target, self.det_cfg)
+            target = part.target
+            shrink = TASKS[task].subsample
+            if shrink is not None and self.dense_stride > 1:
+                target = shrink(target, self.dense_stride)
+            comps = TASKS[task].loss(output[task][part.index], target, self.det_cfg)
             task_loss = sum(comps.values())
             for k, v in comps.items():
                 self.last[f"{task}/{k}"] = float(v.detach())

@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .backbones import LITE0, create_backbone
 from .detection import DetectionConfig
+from .feature_cache import BackboneFeatures
 from .tasks import TASKS
 
 
@@ -159,14 +160,20 @@ class OneHeadNet(nn.Module):
 
     def train(self, mode: bool = True) -> "OneHeadNet":
         super().train(mode)
-        if mode and self.cfg.freeze_backbone_bn:
+        if mode and getattr(self, "frozen_backbone", False):
+            self.backbone.eval()  # a frozen backbone computes exactly what the feature cache holds
+        elif mode and self.cfg.freeze_backbone_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
 
-    def forward(self, x: Tensor) -> OneHeadOutput:
-        feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+    def forward(self, x: Tensor | BackboneFeatures) -> OneHeadOutput:
+        """Images, or the backbone's cached feature maps of them (``feature_cache``)."""
+        if isinstance(x, BackboneFeatures):
+            feats = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
+        else:
+            feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
         neck = self.neck(feats)
         y = self.head(neck)
         out = OneHeadOutput()

@@ -19,6 +19,7 @@ class WarmupCosinePlugin(SupervisedPlugin):
         self.warmup_iters = warmup_iters
         self.min_factor = min_factor
         self.base_lrs: list[float] | None = None
+        self._optimizer = None
         self.total = 1
         self.step = 0
 
@@ -33,8 +34,9 @@ class WarmupCosinePlugin(SupervisedPlugin):
             group["lr"] = base * factor
 
     def before_training_exp(self, strategy, **kwargs) -> None:
-        if self.base_lrs is None:
+        if self.base_lrs is None or strategy.optimizer is not self._optimizer:  # a stage may bring its own
             self.base_lrs = [g.get("initial_lr", g["lr"]) for g in strategy.optimizer.param_groups]
+            self._optimizer = strategy.optimizer
         self.total = max(strategy.train_epochs * len(strategy.dataloader), 1)
         self.step = 0
         self._apply(strategy)

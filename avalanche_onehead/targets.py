@@ -125,7 +125,10 @@ def collate_onehead(batch: Sequence[Sequence[Any]]) -> list[Any]:
     """
     from .tasks import TASKS  # the registry knows how each task collates
 
-    images = torch.stack([s[0] for s in batch])
+    first = batch[0][0]
+    # images, or cached backbone features (feature_cache.BackboneFeatures), which batch themselves
+    images = type(first).stack([s[0] for s in batch]) if hasattr(first, "stack") else torch.stack(
+        [s[0] for s in batch])
     targets = [s[1] for s in batch]
     by_task: dict[str, list[int]] = {}
     for i, t in enumerate(targets):

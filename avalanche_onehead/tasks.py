@@ -73,6 +73,7 @@ class TaskSpec:
     make_evaluator: Callable[[int], Any]
     decode: Callable[[Tensor, tuple[int, int], DetectionConfig], Any]  # one image -> prediction
     reduce: Callable[[Tensor], Tensor] | None = None  # map -> output (e.g. pooling)
+    subsample: Callable[[Any, int], Any] | None = None  # collated dense target -> every k-th pixel
 
     def out_channels(self, num_classes: int | None = None) -> int:
         return (num_classes or self.num_classes) + self.extra_channels
@@ -86,6 +87,7 @@ TASKS: dict[str, TaskSpec] = {
             folder="mini_voc_seg", num_classes=21, extra_channels=0,
             collate=lambda ts: torch.stack([t.mask for t in ts]),
             loss=_seg_loss, make_evaluator=SegEvaluator, decode=_seg_decode,
+            subsample=lambda masks, k: masks[..., k // 2::k, k // 2::k],
         ),
         TaskSpec(
             name="det", label=1, title="object detection", metric_name="mAP",

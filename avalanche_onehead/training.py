@@ -24,7 +24,9 @@ from .checkpoint import save_checkpoint
 from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_document, summary_values
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
+from .feature_cache import CacheProgress, build_cache
 from .plugins import WarmupCosinePlugin
+from .stage_plans import HeadWarmup, StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
 from .settings import from_known_fields
 from .tasks import DEFAULT_ORDER, TASKS
 
@@ -52,6 +54,11 @@ class RunConfig:
     task_weights: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # extra ModelConfig fields
     remedy: dict[str, Any] = field(default_factory=dict)  # strategies.RemedyOptions fields
+    # per task: which parts train, at which lr, head warm-up, cached views (stage_plans.StagePlan)
+    plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: bool = True  # train from the frozen-feature cache when no stage moves the backbone
+    seg_loss_stride: int = 1  # segmentation loss on masks subsampled by this factor (1: full size)
+    cache_dir: str | None = None  # keep built feature caches here and reuse them (same data, views, seed)
     progress: bool = True
     # all tasks in ONE experience (Avalanche JointTraining): an upper bound, NOT allowed by the challenge
     joint: bool = False
@@ -150,7 +157,13 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
                                                 cfg.output_lr_mult))
-    criterion = OneHeadCriterion(model.cfg.det_cfg, cfg.task_weights)
+    criterion = OneHeadCriterion(model.cfg.det_cfg, cfg.task_weights, seg_loss_stride=cfg.seg_loss_stride)
+    plans = resolve_plans({} if cfg.joint else cfg.plan, cfg.order)
+    benchmark, cache_seconds = stream.benchmark, 0.0
+    if cfg.cache and not cfg.joint and uses_cache(plans):
+        t0 = time.perf_counter()
+        benchmark = cached_benchmark(stream, model, plans, cfg, log)
+        cache_seconds = time.perf_counter() - t0
     loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), TensorboardLogger(str(run_dir / "tb"))]
     if cfg.progress:
         loggers.append(InteractiveLogger())
@@ -170,7 +183,7 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     provenance = {"command": " ".join(sys.argv), "strategy": strategy_name, "seed": cfg.seed,
                   "order": cfg.order, "commit": git_commit()}
     progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
-    train_exps = list(stream.benchmark.train_stream)
+    train_exps = list(benchmark.train_stream)
     stages = stage_plan(cfg, train_exps)
     if state is not None:
         progress = restore_progress(state, run_dir, [s[0] for s in stages], model, strategy, remedies,
@@ -181,13 +194,28 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     for i in range(progress["done"], len(stages)):
         task, exp, strategy.train_epochs = stages[i]
         seed_everything(stage_seed(cfg.seed, i))
-        log(f"== stage {i + 1}/{len(stages)}: {task} ({strategy.train_epochs} epochs)")
+        plan = plans.get(task, StagePlan())
+        log(f"== stage {i + 1}/{len(stages)}: {task} ({strategy.train_epochs} epoch"
+            f"{'s' if strategy.train_epochs != 1 else ''}; trains {', '.join(plan.train)}"
+            + (f"; first {plan.head_warmup_epochs} fit only its output channels" if plan.head_warmup_epochs else "")
+            + ")")
         t0 = time.perf_counter()
+        apply_plan(model, plan)
+        strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
+                                                                 cfg.weight_decay, cfg.output_lr_mult))
+        strategy.optimized_param_id = None
+        warmup = ([HeadWarmup(plan.head_warmup_epochs, model.output_slices()[task])]
+                  if plan.head_warmup_epochs and task in model.output_slices() else [])
+        strategy.plugins.extend(warmup)
         # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
         size = sum(len(e.dataset) for e in exp) if isinstance(exp, list) else len(exp.dataset)
-        strategy.train(exp, reset_optimizer_state=True, drop_last=size >= cfg.batch_size, **loader_kw)
+        try:
+            strategy.train(exp, reset_optimizer_state=True, drop_last=size >= cfg.batch_size, **loader_kw)
+        finally:
+            for w in warmup:
+                strategy.plugins.remove(w)
         progress["stage_seconds"][task] = time.perf_counter() - t0
-        results = strategy.eval(stream.benchmark.test_stream, **loader_kw)
+        results = strategy.eval(benchmark.test_stream, **loader_kw)
         row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(cfg.order)]
         progress["matrix"].append(row)
         progress["extras"].append({k: float(v) for k, v in results.items()
@@ -206,8 +234,11 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     metrics = {
         **summary_document(progress["matrix"], cfg.order, strategy_name, joint=cfg.joint), "seed": cfg.seed,
         "stages": [s[0] for s in stages],
-        "params": int(params["total"]), "train_seconds": float(sum(progress["stage_seconds"].values())),
-        "stage_seconds": progress["stage_seconds"], "image_size": cfg.image_size, "epochs": cfg.epochs,
+        "params": int(params["total"]),
+        "train_seconds": float(sum(progress["stage_seconds"].values()) + cache_seconds),
+        "stage_seconds": progress["stage_seconds"], "cache_seconds": float(cache_seconds),
+        "image_size": cfg.image_size, "epochs": cfg.epochs,
+        "plan": {t: p.to_dict() for t, p in plans.items()},
         "data_root": str(root.path), "synthetic": root.synthetic,
     }
     metrics.update(extra_matrices(progress["extras"], cfg.order))
@@ -229,6 +260,59 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
             lg.close()
     log(f"run folder: {run_dir}  (train {metrics['train_seconds'] / 60:.1f} min)")
     return run_dir
+
+
+def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg: RunConfig, log):
+    """The stream again, with every image replaced by the frozen backbone's features of it:
+    ``plan.views`` views per training image (the plain resize, then seeded augmentations), one
+    plain view per validation image (float32, so evaluation matches the live network)."""
+    import copy
+
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+
+    from benchmarks.stream import as_avalanche
+
+    train, test, total = [], [], 0
+    for task in cfg.order:
+        plain = copy.copy(stream.train_sets[task])
+        plain.transform = stream.test_sets[task].transform
+        views = [plain] + [stream.train_sets[task]] * (plans[task].views - 1)
+        n = sum(len(v) for v in views)
+        key = dict(backbone=cfg.backbone, weights=model.weights_source, image_size=cfg.image_size, task=task,
+                   root=str(stream.train_sets[task].split_dir), images=len(plain), seed=cfg.seed,
+                   workers=cfg.workers)
+        tr = cached_or_built(cfg.cache_dir, {**key, "views": plans[task].views}, lambda: build_cache(
+            model.backbone, views, seed=cfg.seed, workers=cfg.workers,
+            progress=CacheProgress(f"{task} train ({plans[task].views} views)", log)), log)
+        te = cached_or_built(cfg.cache_dir, {**key, "split": "val", "images": len(stream.test_sets[task])},
+                             lambda: build_cache(model.backbone, [stream.test_sets[task]], seed=cfg.seed,
+                                                 workers=cfg.workers, dtype=torch.float32,
+                                                 progress=CacheProgress(f"{task} val", log)), log)
+        total += tr.nbytes() + te.nbytes()
+        log(f"   cached {task}: {n} training views, {len(te)} validation images")
+        train.append(as_avalanche(tr, task))
+        test.append(as_avalanche(te, task))
+    log(f"   feature cache: {total / 2**30:.2f} GiB in memory")
+    return with_task_labels(benchmark_from_datasets(train=train, test=test))
+
+
+def cached_or_built(cache_dir: str | None, key: dict[str, Any], build, log):
+    """``build()``, or the copy an earlier run kept in ``cache_dir`` under the same key."""
+    from .feature_cache import load_views, save_views
+
+    if not cache_dir:
+        return build()
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{key['task']}-{key.get('split', 'train')}-{digest}.pt"
+    if path.is_file():
+        log(f"   reusing feature cache {path}")
+        return load_views(path)
+    views = build()
+    save_views(views, path)
+    return views
 
 
 def stage_plan(cfg: RunConfig, train_exps: list) -> list[tuple[str, Any, int]]:

@@ -1,0 +1,131 @@
+"""Per-stage training plans: which parts of the network move in a stage, and how fast.
+
+A run trains one task per stage.  Its recipe may give every task a :class:`StagePlan`
+(``"plan": {"seg": {...}, "det": {...}}`` in a config file); a task without one trains
+every part, as before plans existed.  The parts are
+
+* ``backbone`` - the timm feature extractor (frozen: no gradient, BatchNorm in eval mode);
+* ``neck`` - the FPN layer;
+* ``head`` - the head's hidden layers;
+* ``output`` - the head's last layer, which emits every task's channel group.
+
+When no stage of a run trains the backbone, the run trains from the frozen-feature cache
+(``feature_cache``): that is the point of freezing it, two CPU cores afford ~14x more
+neck + head steps than whole-network steps.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+from .settings import from_known_fields
+
+PARTS = ("backbone", "neck", "head", "output")
+
+
+@dataclass
+class StagePlan:
+    train: list[str] = field(default_factory=lambda: list(PARTS))  # the parts that move
+    lr: float | None = None  # None: the run's lr
+    backbone_lr_mult: float | None = None  # None: the run's
+    # linear probe, then fine-tune (Kumar et al., ICLR 2022): the first epochs of the stage
+    # fit only this task's output channels, so the shared layers' first gradients come from
+    # a sensible head, not a random one
+    head_warmup_epochs: int = 0
+    views: int = 1  # cached training views per image (the first is the plain resize)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.train if p not in PARTS]
+        if unknown or not self.train:
+            raise ValueError(f"stage plan 'train' must list parts among {', '.join(PARTS)} (got {self.train!r})")
+        if self.views < 1:
+            raise ValueError(f"stage plan 'views' must be at least 1 (got {self.views})")
+        if self.head_warmup_epochs < 0:
+            raise ValueError(f"stage plan 'head_warmup_epochs' must be >= 0 (got {self.head_warmup_epochs})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StagePlan":
+        return from_known_fields(cls, d, "stage plan setting(s)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str, StagePlan]:
+    """Every task of the run gets its plan (the default plan where the recipe names none)."""
+    unknown = [t for t in plan if t not in order]
+    if unknown:
+        raise ValueError(f"stage plan for task(s) {', '.join(unknown)} that the run does not train "
+                         f"({', '.join(order)})")
+    return {t: StagePlan.from_dict(plan.get(t, {})) for t in order}
+
+
+def uses_cache(plans: dict[str, StagePlan]) -> bool:
+    """The frozen-feature cache is valid only when the backbone never moves."""
+    return all("backbone" not in p.train for p in plans.values())
+
+
+def part_of(name: str, model) -> str:
+    if name.startswith("backbone."):
+        return "backbone"
+    if name.startswith("neck."):
+        return "neck"
+    last = f"head.{len(model.head) - 1}."
+    return "output" if name.startswith(last) else "head"
+
+
+def apply_plan(model, plan: StagePlan) -> None:
+    """Freeze what the plan keeps still (``requires_grad``); a frozen backbone stays in eval mode."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(part_of(name, model) in plan.train)
+    model.frozen_backbone = "backbone" not in plan.train
+    model.train(model.training)
+
+
+def plan_param_groups(model, plan: StagePlan, lr: float, backbone_mult: float, wd: float,
+                      output_mult: float = 1.0) -> list[dict]:
+    """Every parameter in one of the groups (frozen ones at lr 0, so Avalanche's optimizer
+    bookkeeping finds no 'new' parameter); no weight decay on norms, biases or the output
+    layer (decay would shrink earlier tasks' output channels while they get no gradient)."""
+    lr = plan.lr if plan.lr is not None else lr
+    mult = {"backbone": plan.backbone_lr_mult if plan.backbone_lr_mult is not None else backbone_mult,
+            "neck": 1.0, "head": 1.0, "output": output_mult}
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        part = part_of(name, model)
+        if part not in plan.train:
+            groups.setdefault(("frozen", False), []).append(p)
+            continue
+        decay = p.ndim > 1 and part != "output"
+        groups.setdefault((part, decay), []).append(p)
+    return [{"params": ps, "lr": 0.0 if part == "frozen" else lr * mult[part],
+             "weight_decay": wd if decay else 0.0, "name": f"{part}{'' if decay else '-no-decay'}"}
+            for (part, decay), ps in groups.items()]
+
+
+class HeadWarmup(SupervisedPlugin):
+    """For the first ``epochs`` epochs of an experience only the current task's output
+    channels move: every other gradient is dropped before the optimizer step (set to
+    ``None``, so AdamW neither steps nor decays those parameters)."""
+
+    def __init__(self, epochs: int, rows: slice):
+        super().__init__()
+        self.epochs = epochs
+        self.rows = rows
+
+    def before_update(self, strategy, **kwargs) -> None:
+        if strategy.clock.train_exp_epochs >= self.epochs:
+            return
+        out_layer = strategy.model.head[-1]
+        keep = {id(out_layer.weight), id(out_layer.bias)}
+        for p in strategy.model.parameters():
+            if id(p) not in keep:
+                p.grad = None
+        for p in (out_layer.weight, out_layer.bias):
+            if p.grad is not None:
+                mask = torch.zeros_like(p.grad)
+                mask[self.rows] = 1
+                p.grad.mul_(mask)
