@@ -25,7 +25,7 @@ from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_docum
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
-from .plugins import WarmupCosinePlugin
+from .plugins import StageProgress, WarmupCosinePlugin
 from .stage_plans import HeadWarmup, StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
 from .settings import from_known_fields
 from .tasks import DEFAULT_ORDER, TASKS
@@ -172,10 +172,14 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     summary = [] if cfg.joint else [summary_metric]  # one joint stage: nothing to forget
     evaluator = EvaluationPlugin(*task_metrics, *summary, loss_metrics(epoch=True), loggers=loggers)
     remedies = build_plugins(remedy_name, options)
+    train_exps = list(benchmark.train_stream)
+    stages = stage_plan(cfg, train_exps)
+    stage_progress = StageProgress([(name, epochs * (sum(len(e.dataset) for e in exp) if isinstance(exp, list)
+                                                     else len(exp.dataset))) for name, exp, epochs in stages], log)
     template = JointTraining if cfg.joint else Naive
     strategy = template(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
                         train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
-                        plugins=remedies + [WarmupCosinePlugin()], evaluator=evaluator, eval_every=-1)
+                        plugins=remedies + [WarmupCosinePlugin(), stage_progress], evaluator=evaluator, eval_every=-1)
 
     meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
                 category_ids=stream.category_ids, image_size=cfg.image_size,
@@ -183,14 +187,13 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     provenance = {"command": " ".join(sys.argv), "strategy": strategy_name, "seed": cfg.seed,
                   "order": cfg.order, "commit": git_commit()}
     progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
-    train_exps = list(benchmark.train_stream)
-    stages = stage_plan(cfg, train_exps)
     if state is not None:
         progress = restore_progress(state, run_dir, [s[0] for s in stages], model, strategy, remedies,
                                     train_exps, summary_metric)
         log(f"resuming {run_dir} after stage {progress['done']} "
             f"({', '.join(s[0] for s in stages[:progress['done']])})")
-    loader_kw = {"num_workers": cfg.workers, "persistent_workers": False}
+    # cached features are already in memory: worker processes would only add copies through shared memory
+    loader_kw = {"num_workers": 0 if benchmark is not stream.benchmark else cfg.workers, "persistent_workers": False}
     for i in range(progress["done"], len(stages)):
         task, exp, strategy.train_epochs = stages[i]
         seed_everything(stage_seed(cfg.seed, i))
@@ -200,6 +203,7 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
             + (f"; first {plan.head_warmup_epochs} fit only its output channels" if plan.head_warmup_epochs else "")
             + ")")
         t0 = time.perf_counter()
+        stage_progress.start_stage(i)
         apply_plan(model, plan)
         strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
                                                                  cfg.weight_decay, cfg.output_lr_mult))
@@ -273,6 +277,12 @@ def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg
 
     from benchmarks.stream import as_avalanche
 
+    from .model import fold_batchnorm
+
+    # an eval-mode BatchNorm is a fixed affine map: folded into the convs, the backbone pass runs
+    # ~1.6x faster with the same features up to float rounding
+    backbone = copy.deepcopy(model.backbone).eval()
+    fold_batchnorm(backbone)
     train, test, total = [], [], 0
     for task in cfg.order:
         plain = copy.copy(stream.train_sets[task])
@@ -281,12 +291,12 @@ def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg
         n = sum(len(v) for v in views)
         key = dict(backbone=cfg.backbone, weights=model.weights_source, image_size=cfg.image_size, task=task,
                    root=str(stream.train_sets[task].split_dir), images=len(plain), seed=cfg.seed,
-                   workers=cfg.workers)
+                   workers=cfg.workers, backbone_pass="bn-folded")
         tr = cached_or_built(cfg.cache_dir, {**key, "views": plans[task].views}, lambda: build_cache(
-            model.backbone, views, seed=cfg.seed, workers=cfg.workers,
+            backbone, views, seed=cfg.seed, workers=cfg.workers,
             progress=CacheProgress(f"{task} train ({plans[task].views} views)", log)), log)
         te = cached_or_built(cfg.cache_dir, {**key, "split": "val", "images": len(stream.test_sets[task])},
-                             lambda: build_cache(model.backbone, [stream.test_sets[task]], seed=cfg.seed,
+                             lambda: build_cache(backbone, [stream.test_sets[task]], seed=cfg.seed,
                                                  workers=cfg.workers, dtype=torch.float32,
                                                  progress=CacheProgress(f"{task} val", log)), log)
         total += tr.nbytes() + te.nbytes()

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images per split")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep the frozen-feature caches in this folder and reuse them in later runs of the "
+                        "same data, views and seed (default: build them in memory for each run)")
     p.add_argument("--config", default=None,
                    help="JSON file of run settings (RunConfig fields, remedy options under 'remedy'); "
                         "command-line flags given explicitly override it (default: the tuned recipe, "
@@ -138,7 +141,8 @@ def make_config(args):
             raise ValueError(f"{path}: not a readable JSON config ({e})") from None
     flag_to_field = {"strategy": "strategy", "data_root": "data_root", "image_size": "image_size",
                      "backbone": "backbone", "seed": "seed", "device": "device", "out": "out",
-                     "batch_size": "batch_size", "lr": "lr", "workers": "workers", "max_images": "max_images"}
+                     "batch_size": "batch_size", "lr": "lr", "workers": "workers", "max_images": "max_images",
+                     "cache_dir": "cache_dir"}
     for flag, fld in flag_to_field.items():
         if flag in given or fld not in settings:
             settings[fld] = getattr(args, flag)

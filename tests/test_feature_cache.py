@@ -1,0 +1,158 @@
+"""The frozen-feature cache and per-stage plans: a cached step equals a live frozen step, plans
+freeze what they say, the head warm-up moves only the new task's output channels, and a kept
+cache is reused with the same results."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script
+
+from avalanche_onehead.checkpoint import read_checkpoint
+from avalanche_onehead.feature_cache import BackboneFeatures, build_cache
+from avalanche_onehead.losses import OneHeadCriterion
+from avalanche_onehead.model import create_model
+from avalanche_onehead.stage_plans import StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
+from avalanche_onehead.targets import collate_onehead
+from benchmarks import JointTransform, load_split
+
+SIZE = 64
+FROZEN = {"train": ["neck", "head", "output"]}
+
+
+def _images(root, task: str, n: int = 4):
+    model = create_model(pretrained=False)
+    ds = load_split(root, task, "train", JointTransform(SIZE, train=False, mean=model.mean, std=model.std))
+    ds.samples = ds.samples[:n]
+    return ds
+
+
+def _one_step(model, x, y, plan):
+    opt = torch.optim.AdamW(plan_param_groups(model, plan, 1e-2, 0.3, 1e-4))
+    loss = OneHeadCriterion()(model(x), y)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    return float(loss.detach()), grads
+
+
+def test_a_step_on_cached_features_equals_the_step_on_live_frozen_features(synthetic_root, one_thread):
+    """float32 cache: the same AdamW step; float16 storage: the same loss and gradient directions
+    up to its rounding (an Adam step normalises tiny gradients to +-lr, so weights are not compared)."""
+    torch.manual_seed(0)
+    live = create_model(pretrained=False)
+    models = {"live": live, torch.float32: copy.deepcopy(live), torch.float16: copy.deepcopy(live)}
+    plan = StagePlan(**FROZEN)
+    for m in models.values():
+        apply_plan(m, plan)
+        m.train()
+    ds = _images(synthetic_root, "seg")
+    x_live, y, _ = collate_onehead([(*ds[i], 0) for i in range(len(ds))])
+    steps = {"live": _one_step(live, x_live, y, plan)}
+    for dtype in (torch.float32, torch.float16):
+        views = build_cache(models[dtype].backbone, [ds], seed=0, dtype=dtype)
+        x, y2, _ = collate_onehead([(*views[i], 0) for i in range(len(views))])
+        assert isinstance(x, BackboneFeatures) and len(x) == len(ds)
+        assert torch.equal(y["seg"].target, y2["seg"].target)
+        steps[dtype] = _one_step(models[dtype], x, y2, plan)
+    for (name, a), b in zip(live.named_parameters(), models[torch.float32].parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), name
+    loss16, grads16 = steps[torch.float16]
+    assert loss16 == pytest.approx(steps["live"][0], rel=1e-3)
+    assert set(grads16) == set(steps["live"][1]) and grads16  # neck + head only
+    for name, g in steps["live"][1].items():
+        assert torch.nn.functional.cosine_similarity(g.flatten(), grads16[name].flatten(), dim=0) > 0.999, name
+    # the frozen backbone got no gradient and did not move
+    assert all(p.grad is None for p in live.backbone.parameters())
+
+
+def test_cache_views_are_seeded_and_distinct(synthetic_root, one_thread):
+    model = create_model(pretrained=False)
+    aug = load_split(synthetic_root, "det", "train", JointTransform(SIZE, train=True, mean=model.mean, std=model.std))
+    aug.samples = aug.samples[:3]
+    a = build_cache(model.backbone, [aug, aug], seed=1)
+    b = build_cache(model.backbone, [aug, aug], seed=1)
+    assert len(a) == 6 and a.source_index == [0, 1, 2, 0, 1, 2]
+    assert all(torch.equal(x, y) for x, y in zip(a.maps, b.maps))  # same seed: the same views
+    assert not torch.equal(a.maps[0][:3], a.maps[0][3:])  # two augmentations of the same images differ
+    assert a.nbytes() > 0
+
+
+def test_plans_validate_and_decide_the_cache():
+    with pytest.raises(ValueError, match="parts among"):
+        StagePlan(train=["neck", "wings"])
+    with pytest.raises(ValueError, match="views"):
+        StagePlan(views=0)
+    with pytest.raises(ValueError, match="unknown stage plan setting"):
+        StagePlan.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="does not train"):
+        resolve_plans({"depth": {}}, ["seg", "det"])
+    plans = resolve_plans({"seg": FROZEN}, ["seg", "det"])
+    assert plans["det"].train == ["backbone", "neck", "head", "output"]
+    assert not uses_cache(plans)
+    assert uses_cache(resolve_plans({"seg": FROZEN, "det": FROZEN}, ["seg", "det"]))
+
+
+def test_apply_plan_freezes_the_parts_it_does_not_name():
+    model = create_model(pretrained=False)
+    apply_plan(model, StagePlan(train=["output"]))
+    model.train()
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head"}
+    assert all(p.requires_grad == n.startswith(f"head.{len(model.head) - 1}.") for n, p in model.named_parameters())
+    assert not model.backbone.training  # a frozen backbone computes what the cache holds
+    groups = plan_param_groups(model, StagePlan(train=["output"]), 1e-3, 0.3, 1e-4)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))  # every parameter in a group
+    assert {g["name"]: g["lr"] for g in groups}["frozen-no-decay"] == 0.0
+
+
+def _run(tmp: Path, root, plan: dict, extra: list[str] = ()) -> Path:
+    cfg = tmp / f"cfg-{len(list(tmp.iterdir()))}.json"
+    cfg.write_text(json.dumps({"strategy": "lwf", "epochs": {"seg": 1, "det": 1}, "lr": 1e-3, "plan": plan,
+                               "seg_loss_stride": 2}))
+    out = tmp / f"run-{len(list(tmp.iterdir()))}"
+    argv = ["--config", str(cfg), "--data-root", str(root), "--tasks", "seg,det", "--max-images", "8",
+            "--image-size", str(SIZE), "--workers", "0", "--no-progress", "--out", str(out), *extra]
+    assert load_script("experiments/run.py").main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache_runs(synthetic_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cache-runs")
+    plan = {"seg": {**FROZEN, "views": 2}, "det": {**FROZEN, "views": 2, "head_warmup_epochs": 1}}
+    keep = tmp / "features"
+    first = _run(tmp, synthetic_root, plan, ["--cache-dir", str(keep)])
+    second = _run(tmp, synthetic_root, plan, ["--cache-dir", str(keep)])
+    return first, second
+
+
+def test_a_cached_run_records_its_plan_and_the_head_warmup_moves_only_the_new_task(cache_runs):
+    first, _ = cache_runs
+    m = json.loads((first / "metrics.json").read_text())
+    assert m["plan"]["det"]["head_warmup_epochs"] == 1 and m["plan"]["seg"]["views"] == 2
+    assert m["cache_seconds"] > 0 and m["train_seconds"] >= m["cache_seconds"]
+    before = read_checkpoint(first / "stage1_seg.pt")["state_dict"]
+    after = read_checkpoint(first / "stage2_det.pt")["state_dict"]
+    model = create_model(pretrained=False)
+    det = model.output_slices()["det"]
+    last = f"head.{len(model.head) - 1}."
+    for name, w in before.items():
+        if name.startswith(last):  # the output layer: only the detection rows moved
+            rows = torch.zeros(w.shape[0], dtype=torch.bool)
+            rows[det] = True
+            assert torch.equal(w[~rows], after[name][~rows]), name
+            assert not torch.equal(w[rows], after[name][rows]), name
+        else:  # one epoch, all of it the warm-up: nothing else moved, the backbone never does
+            assert torch.equal(w, after[name]), name
+
+
+def test_a_kept_cache_is_reused_with_the_same_results(cache_runs):
+    first, second = cache_runs
+    a = json.loads((first / "metrics.json").read_text())
+    b = json.loads((second / "metrics.json").read_text())
+    assert a["matrix"] == b["matrix"]
+    assert len(list((second.parent / "features").glob("*.pt"))) == 4  # seg/det x train/val
