@@ -35,6 +35,11 @@ def release(run_dir: Path, out: Path) -> Path:
         "data_root": metrics.get("data_root"), "provenance": payload.get("provenance", {}),
         "final": metrics["final"], "metric_names": metrics["metric_names"],
         "final_mAP50": metrics.get("final_mAP50"),
+        # the whole sequence, so the release documents its forgetting, not only its end point
+        "tasks": metrics.get("tasks"), "matrix": metrics.get("matrix"), "baseline": metrics.get("baseline"),
+        "drop_pct": metrics.get("drop_pct"), "drop_abs": metrics.get("drop_abs"),
+        "train_seconds": metrics.get("train_seconds"), "cache_seconds": metrics.get("cache_seconds"),
+        "plan": metrics.get("plan"), "params": metrics.get("params"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -20,7 +20,9 @@ def test_release_copies_the_model_and_the_metrics_eval_must_match(tmp_path, synt
     assert load_script("experiments/release.py").main([str(run), "--out", str(out)]) == 0
     assert out.read_bytes() == (run / "model.pt").read_bytes()
     meta = json.loads(out.with_suffix(".metrics.json").read_text())
-    assert meta["final"] == json.loads((run / "metrics.json").read_text())["final"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("final", "matrix", "baseline", "drop_pct", "train_seconds", "tasks"):
+        assert meta[key] == metrics[key], key
     assert meta["provenance"]["seed"] == 0 and meta["provenance"]["command"] and meta["run"] == str(run)
     with pytest.raises(SystemExit):
         load_script("experiments/release.py").main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")])

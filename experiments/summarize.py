@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Summarise the seeds of one recipe: per-seed finals and drops, mean and standard deviation.
+
+    python experiments/summarize.py runs/default-s0 runs/default-s1 runs/default-s2 \
+        --json report/results.json --markdown report/default_seeds.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avalanche_onehead.cli import fail  # noqa: E402
+
+
+def main(argv=None) -> int:
+    from avalanche_onehead.results import seed_summary, summary_markdown
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders of the same recipe, one per seed")
+    p.add_argument("--json", default=None, help="write the summary here (e.g. report/results.json)")
+    p.add_argument("--markdown", default=None, help="write the seeds table here")
+    p.add_argument("--drop-limit", type=float, default=5.0, help="the challenge's drop bar in %% (default 5)")
+    args = p.parse_args(argv)
+    with fail():
+        summary = seed_summary(args.runs)
+        table = summary_markdown(summary, args.drop_limit)
+        for path, text in ((args.json, json.dumps(summary, indent=2)), (args.markdown, table)):
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_text(text)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
