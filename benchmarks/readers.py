@@ -62,7 +62,9 @@ def _open_image(path: Path, what: str = "image"):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DatasetError(path, f"{what} is too large to decode ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(path, f"unreadable or corrupt {what} ({e.__class__.__name__})") from None
+        detail = (str(e).splitlines() or [""])[0][:80]
+        raise DatasetError(path, f"unreadable or corrupt {what} ({e.__class__.__name__}"
+                           f"{': ' + detail if detail else ''})") from None
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

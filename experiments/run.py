@@ -195,7 +195,6 @@ def run_in_new_folder(cfg, run, clear: bool = False):
     """``run(cfg)`` into a new (or, with ``clear``, emptied) folder; a run that fails before any
     stage finished leaves nothing behind."""
     from avalanche_onehead.errors import OneHeadError
-    from avalanche_onehead.training import RESUME_FILE
     from benchmarks import DatasetError
 
     out = Path(cfg.out)
@@ -206,7 +205,7 @@ def run_in_new_folder(cfg, run, clear: bool = False):
     try:
         return run(cfg)
     except (DatasetError, OneHeadError, ValueError, OSError):
-        if out.is_dir() and not (out / RESUME_FILE).exists():
+        if out.is_dir() and not any(out.glob("resume*.pt")):  # no finished stage to resume from
             if existed:
                 for entry in out.iterdir():
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
