@@ -17,16 +17,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from avalanche_onehead.cli import OneLineParser
+    from avalanche_onehead.validation import device, flag_type, int_flag, whole
+
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint written by experiments/run.py")
     p.add_argument("--data_root", "--data-root", dest="data_root", default=None,
                    help="folder holding mini_coco_det/, mini_voc_seg/, imagenette_160/")
     p.add_argument("--tasks", default="all", help="all, or a comma list of seg,det,cls")
     p.add_argument("--split", default="val", help="train, val or test (default val)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--batch", type=int_flag(whole(1)), default=8)
+    p.add_argument("--device", type=flag_type(device), default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int_flag(whole(0)), default=2)
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars or found-data lines")
     return p
@@ -35,27 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from avalanche_onehead.cli import fail
+    from avalanche_onehead.validation import check_output_file
 
     with fail():
+        check_output_file(args.out, "--out")  # before the evaluation, not after it
         result = evaluate(args)
-    text = json.dumps(result, indent=2)
+        text = json.dumps(result, indent=2)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
     return 0
 
 
 def evaluate(args) -> dict:
     import torch
 
+    from avalanche_onehead import validation
     from avalanche_onehead.checkpoint import load_checkpoint
     from avalanche_onehead.errors import CheckpointError
     from avalanche_onehead.evaluation import evaluate_dataset
-    from avalanche_onehead.tasks import TASKS, parse_tasks
+    from avalanche_onehead.tasks import TASKS
     from benchmarks import JointTransform, load_split
     from benchmarks.stream import data_root_of_checkpoint
 
-    tasks = parse_tasks(args.tasks)
+    tasks = validation.task_flag("--tasks", args.tasks)
     device = "cpu" if args.cpu else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(args.weights, device)
     model = model.for_inference()  # BatchNorm folded into the convs: faster, same predictions

@@ -6,6 +6,7 @@ trained; nothing else is needed to rebuild and evaluate the model.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,9 @@ def save_checkpoint(path: str | Path, model: OneHeadNet, *, classes: dict[str, l
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full: torch's zip writer raises RuntimeError
+        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [e.__class__.__name__])[0][:100]
+        raise CheckpointError(path, f"could not be written ({reason})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -63,16 +67,62 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not an avalanche-onehead checkpoint (no 'format' marker)")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(path, f"checkpoint 'version' {version!r} is not a number")
+    if version > VERSION:
         raise CheckpointError(path, f"checkpoint version {payload['version']} is newer than this code ({VERSION})")
+    check_payload(payload, path)
     return payload
+
+
+def _numbers(v: Any, n: int | None = None) -> bool:
+    return isinstance(v, (list, tuple)) and (n is None or len(v) == n) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+
+def check_payload(payload: dict[str, Any], path: Path) -> None:
+    """Every entry that loading and evaluating read, of the right kind; else one error naming it."""
+    def bad(key: str, what: str):
+        raise CheckpointError(path, f"damaged checkpoint: '{key}' {what}")
+
+    if not isinstance(payload.get("model_config"), dict):
+        bad("model_config", "is missing or not a dictionary")
+    sd = payload.get("state_dict")
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in sd.items()):
+        bad("state_dict", "is missing or not a dictionary of tensors")
+    norm = payload.get("normalization")
+    if not (isinstance(norm, dict) and _numbers(norm.get("mean"), 3) and _numbers(norm.get("std"), 3)
+            and all(s > 0 for s in norm["std"])):
+        bad("normalization", "is missing or not {'mean': [3 numbers], 'std': [3 positive numbers]}")
+    size = payload.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        bad("image_size", f"is missing or not a positive whole number ({size!r})")
+    classes = payload.get("classes")
+    if not (isinstance(classes, dict) and all(isinstance(v, list) and all(isinstance(c, str) for c in v)
+                                              for v in classes.values())):
+        bad("classes", "is missing or not a dictionary of class-name lists")
+    keys = payload.get("class_keys", {})
+    if not (isinstance(keys, dict) and all(isinstance(v, list) for v in keys.values())):
+        bad("class_keys", "is not a dictionary of lists")
+    cats = payload.get("category_ids", [])
+    if not (isinstance(cats, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in cats)):
+        bad("category_ids", "is not a list of whole numbers")
+    for key in ("data", "provenance"):
+        if not isinstance(payload.get(key, {}), dict):
+            bad(key, "is not a dictionary")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[OneHeadNet, dict[str, Any]]:
     """Rebuild the model (no weight download: the state dict has everything) and return it in eval mode."""
     payload = read_checkpoint(path)
-    cfg = ModelConfig.from_dict(payload["model_config"])
-    model = OneHeadNet(cfg, pretrained=False)
+    try:
+        cfg = ModelConfig.from_dict(payload["model_config"])
+        model = OneHeadNet(cfg, pretrained=False)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(path, f"its model config cannot be built ({e.__class__.__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:120]})") from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -7,8 +7,10 @@ into the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import random
 import subprocess
 import sys
@@ -141,8 +143,12 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     log(root.describe())
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(strategy_name)
     state = load_resume_state(run_dir) if resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a resumed run keeps the config.json it was started with
+            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    except OSError as e:
+        raise OneHeadError(run_dir, f"cannot create the run folder ({e.strerror or e})") from None
 
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
@@ -358,22 +364,79 @@ def stage_state_file(stage: int) -> str:
 
 
 def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
-    state = {"progress": progress,
-             "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}
-    names = [RESUME_FILE, stage_state_file(int(progress["done"]))]
-    for name in names:
-        tmp = run_dir / f".{name}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, run_dir / name)
-
-
-def load_resume_state(run_dir: Path) -> dict[str, Any]:
+    """The state after the stage just finished: its own ``resume_stage{i}.pt`` first, then
+    ``resume.pt``, each through a temporary file.  If a write fails (disk full) nothing
+    half-written stays, and the files already in place still resume the run."""
     from .errors import OneHeadError
 
-    f = Path(run_dir) / RESUME_FILE
-    if not f.is_file():
+    state = {"progress": progress,
+             "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}
+    done = int(progress["done"])
+    for name in (stage_state_file(done), RESUME_FILE):
+        tmp = run_dir / f".{name}.tmp"
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, run_dir / name)
+        except (OSError, RuntimeError) as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            reason = getattr(e, "strerror", None) or (str(e).splitlines() or [e.__class__.__name__])[0][:100]
+            kept = done if name == RESUME_FILE else done - 1
+            then = (f"--resume {run_dir} continues after stage {kept}" if kept
+                    else "no stage is resumable yet: start the run again")
+            raise OneHeadError(run_dir / name, f"could not write the resume state after stage {done} "
+                               f"({reason}); free some space, then {then}") from None
+
+
+def _read_state(f: Path) -> dict[str, Any]:
+    """A resume state file, loaded safely (``weights_only``) and checked for the fields resuming reads."""
+    from .errors import OneHeadError
+
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or hostile (a pickle that is not plain data)
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise OneHeadError(f, f"not a readable resume state ({e.__class__.__name__}: {first})") from None
+    progress = state.get("progress") if isinstance(state, dict) else None
+    if not isinstance(progress, dict) or not isinstance(state.get("remedies", {}), dict):
+        raise OneHeadError(f, "not a resume state (no 'progress' record)")
+    done = progress.get("done")
+    matrix = progress.get("matrix")
+    if isinstance(done, bool) or not isinstance(done, int) or done < 1:
+        raise OneHeadError(f, f"resume state names no finished stage (done = {done!r})")
+    if not (isinstance(matrix, list) and len(matrix) == done and all(
+            isinstance(r, list) and all(isinstance(v, (int, float)) for v in r) for r in matrix)):
+        raise OneHeadError(f, f"resume state's metric matrix does not hold one row per finished stage ({done})")
+    if not isinstance(progress.get("extras", []), list) or not isinstance(progress.get("stage_seconds", {}), dict):
+        raise OneHeadError(f, "resume state's 'extras' or 'stage_seconds' record is damaged")
+    return state
+
+
+def load_resume_state(run_dir: Path, stages: list[str] | None = None) -> dict[str, Any]:
+    """The latest resumable state of ``run_dir``: ``resume.pt``, or a later ``resume_stage{i}.pt``
+    when writing ``resume.pt`` after it failed.  With ``stages`` (the run's stage names) the
+    state must fit them and its last stage's checkpoint must be there."""
+    from .errors import OneHeadError
+
+    run_dir = Path(run_dir)
+    f = run_dir / RESUME_FILE
+    state = _read_state(f) if f.is_file() else None
+    done = int(state["progress"]["done"]) if state else 0
+    later = sorted((int(m.group(1)), p) for p in run_dir.glob("resume_stage*.pt")
+                   if (m := re.fullmatch(r"resume_stage(\d+)\.pt", p.name)) and int(m.group(1)) > done)
+    if later:
+        f = later[-1][1]
+        state = _read_state(f)
+        done = int(state["progress"]["done"])
+    if state is None:
         raise OneHeadError(run_dir, f"nothing to resume: no {RESUME_FILE} (no stage finished yet?)")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    if stages is not None:
+        if done > len(stages):
+            raise OneHeadError(f, f"resume state says {done} stages finished, the run has {len(stages)}")
+        ckpt = run_dir / f"stage{done}_{stages[done - 1]}.pt"
+        if not ckpt.is_file():
+            raise OneHeadError(ckpt, f"missing: the checkpoint of stage {done}, which {f.name} resumes from")
+    return state
 
 
 def restore_progress(state, run_dir: Path, stage_names: list[str], model, strategy, remedies, train_exps,

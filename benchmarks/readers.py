@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,26 +41,145 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTS
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB (grayscale and palette images converted)."""
+@contextlib.contextmanager
+def _open_image(path: Path, what: str = "image"):
+    """``Image.open`` whose failures are one :class:`DatasetError` naming the file.
+
+    Images above Pillow's ``MAX_IMAGE_PIXELS`` (89 M pixels) are refused before any
+    decoding: beyond it Pillow only warns up to twice the limit, then raises.
+    """
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except DatasetError:
+        raise
     except FileNotFoundError:
-        raise DatasetError(path, "image file is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DatasetError(path, f"unreadable or corrupt image ({e.__class__.__name__})") from None
+        raise DatasetError(path, f"{what} file is missing") from None
+    except PermissionError:
+        raise DatasetError(path, f"{what} file cannot be read (permission denied)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(path, f"{what} is too large to decode ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        detail = (str(e).splitlines() or [""])[0][:80]
+        raise DatasetError(path, f"unreadable or corrupt {what} ({e.__class__.__name__}"
+                           f"{': ' + detail if detail else ''})") from None
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _as_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16/32-bit grayscale scaled to 8 bits (Pillow's own ``convert`` clips
+    them, so a 16-bit PNG would come out all white)."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0  # 0..65535 -> 0..255
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB (grayscale, 16-bit and palette images converted)."""
+    with _open_image(path) as im:
+        return _as_rgb(im)
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header only."""
+    with _open_image(path) as im:
+        return im.size
+
+
+def list_dir(folder: Path) -> list[Path]:
+    """The sorted entries of ``folder``; an unreadable folder is a :class:`DatasetError`."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DatasetError(path, "image file is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DatasetError(path, f"unreadable or corrupt image ({e.__class__.__name__})") from None
+        return sorted(Path(folder).iterdir())
+    except PermissionError:
+        raise DatasetError(folder, "folder cannot be read (permission denied)") from None
+    except OSError as e:
+        raise DatasetError(folder, f"folder cannot be read ({e.strerror or e.__class__.__name__})") from None
+
+
+# Detection boxes that cannot be learned or scored are dropped, and counted by reason
+# (``python -m benchmarks`` reports the counts): a bbox with a NaN or infinite value, a
+# width or height <= 0, or one that is under 1 px wide or tall once clipped to the image
+# (far outside it, or tiny). Every other box is clipped to the image.
+BOX_DROP_REASONS = {"not_finite": "a NaN or infinite value", "non_positive_size": "width or height <= 0",
+                    "outside_or_tiny": "under 1 px wide or tall once clipped to the image"}
+
+
+def clean_box(bbox: list[float], width: int, height: int) -> tuple[list[float] | None, str | None]:
+    """COCO ``[x, y, w, h]`` -> (xyxy clipped to the image, None) or (None, the drop reason)."""
+    x, y, bw, bh = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+        return None, "not_finite"
+    if bw <= 0 or bh <= 0:
+        return None, "non_positive_size"
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, float(width)), min(y + bh, float(height))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None, "outside_or_tiny"
+    return [x0, y0, x1, y1], None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_coco_document(doc: Any, path: Path) -> None:
+    """The shape pycocotools and the reader rely on; anything else names the entry."""
+    if not isinstance(doc, dict):
+        raise DatasetError(path, f"not a COCO instances file: the top level is a JSON {type(doc).__name__}, "
+                           "not an object with 'images', 'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise DatasetError(path, f"not a COCO instances file: missing '{key}' list")
+    seen: dict[int, str] = {}
+    for k, im in enumerate(doc["images"]):
+        if not isinstance(im, dict) or not _is_int(im.get("id")):
+            raise DatasetError(path, f"images[{k}] has no integer 'id'")
+        name = im.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetError(path, f"image {im['id']} (images[{k}]) has no 'file_name'")
+        for dim in ("width", "height"):
+            if dim in im and not (_is_int(im[dim]) and im[dim] > 0):
+                raise DatasetError(path, f"image {im['id']} ({name}) has a bad '{dim}' {im[dim]!r}")
+        if im["id"] in seen:
+            raise DatasetError(path, f"image id {im['id']} is listed twice ({seen[im['id']]} and {name})")
+        seen[im["id"]] = name
+    cats: set[int] = set()
+    for k, c in enumerate(doc["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise DatasetError(path, f"categories[{k}] has no integer 'id'")
+        if not isinstance(c.get("name", ""), str):
+            raise DatasetError(path, f"category {c['id']} has a 'name' that is not a string")
+        if c["id"] in cats:
+            raise DatasetError(path, f"category id {c['id']} is listed twice")
+        cats.add(c["id"])
+    if not cats:
+        raise DatasetError(path, "the 'categories' list is empty")
+    anns: set[int] = set()
+    for k, a in enumerate(doc["annotations"]):
+        if not isinstance(a, dict) or not _is_int(a.get("id")):
+            raise DatasetError(path, f"annotations[{k}] has no integer 'id'")
+        what = f"annotation {a['id']}"
+        if a["id"] in anns:
+            raise DatasetError(path, f"annotation id {a['id']} is listed twice")
+        anns.add(a["id"])
+        for key in ("image_id", "category_id"):
+            if not _is_int(a.get(key)):
+                raise DatasetError(path, f"{what} has no integer '{key}'")
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise DatasetError(path, f"{what} has a bad 'bbox' {str(box)[:60]} (expected [x, y, width, height])")
+        if a.get("iscrowd", 0) not in (0, 1):
+            raise DatasetError(path, f"{what} has a bad 'iscrowd' {a.get('iscrowd')!r} (expected 0 or 1)")
 
 
 def find_task_dir(root: Path, folder: str) -> Path:
@@ -116,6 +238,18 @@ class TaskDataset(torch.utils.data.Dataset):
         for i in range(len(self)):
             self.load(i)
 
+    def image_path(self, i: int) -> Path:
+        return self.samples[i][0]
+
+    def check_item(self, i: int, deep: bool = False) -> Counter:
+        """Check sample ``i`` cheaply (image header), or decode it fully when ``deep``;
+        returns the counts of what the reader drops from it (detection boxes, by reason)."""
+        if deep:
+            self.load(i)
+        else:
+            image_size(self.image_path(i))
+        return Counter()
+
     def summary(self) -> dict[str, Any]:
         return {"images": len(self), "path": str(self.split_dir)}
 
@@ -157,11 +291,11 @@ class CocoDetection(TaskDataset):
 
         try:
             data = json.loads(self.json_path.read_text())
-        except (OSError, ValueError) as e:
-            raise DatasetError(self.json_path, f"not a readable JSON file ({e})") from None
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise DatasetError(self.json_path, f"not a COCO instances file: missing '{key}' list")
+        except PermissionError:
+            raise DatasetError(self.json_path, "annotation file cannot be read (permission denied)") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise DatasetError(self.json_path, f"not a readable JSON file ({str(e)[:120]})") from None
+        check_coco_document(data, self.json_path)
         coco = COCO()
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
@@ -170,7 +304,7 @@ class CocoDetection(TaskDataset):
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids = [int(c["id"]) for c in cats]
         self.cat_to_label = {cid: i for i, cid in enumerate(self.category_ids)}
-        self.classes = [str(c["name"]) for c in cats]
+        self.classes = [str(c.get("name", c["id"])) for c in cats]
         known_images = set(coco.imgs)
         for a in data["annotations"]:
             if a.get("category_id") not in self.cat_to_label:
@@ -192,17 +326,29 @@ class CocoDetection(TaskDataset):
                     return cand
         raise DatasetError(self.split_dir / file_name, f"image listed in {self.json_path.name} is missing")
 
+    def image_path(self, i: int) -> Path:
+        return self.samples[i][1]
+
+    def check_item(self, i: int, deep: bool = False) -> Counter:
+        """The image header against the JSON's width/height, and the boxes the reader drops."""
+        img_id, path, info = self.samples[i]
+        w, h = open_rgb(path).size if deep else image_size(path)
+        if "width" in info and "height" in info and (info["width"], info["height"]) != (w, h):
+            raise DatasetError(path, f"image is {w}x{h} pixels but {self.json_path.name} says "
+                               f"{info['width']}x{info['height']} (its boxes would be misplaced)")
+        reasons = (clean_box(a["bbox"], w, h)[1] for a in self.coco.imgToAnns.get(img_id, []))
+        return Counter(r for r in reasons if r)
+
     def load(self, i: int):
         img_id, path, info = self.samples[i]
         image = open_rgb(path)
         w, h = image.size
         boxes, labels, crowd = [], [], []
         for a in self.coco.imgToAnns.get(img_id, []):
-            x, y, bw, bh = (float(v) for v in a["bbox"])
-            x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
-            if x1 - x0 < 1 or y1 - y0 < 1:
+            box, _ = clean_box(a["bbox"], w, h)
+            if box is None:
                 continue
-            boxes.append([x0, y0, x1, y1])
+            boxes.append(box)
             labels.append(self.cat_to_label[a["category_id"]])
             crowd.append(int(a.get("iscrowd", 0)))
         raw = {
@@ -288,10 +434,13 @@ class VocSegmentation(TaskDataset):
             split_dir = self.task_dir
         self.split_dir = split_dir
         img_dir, mask_dir = dirs
-        images = {p.stem: p for p in sorted(img_dir.iterdir()) if _is_image(p) and p.suffix.lower() != ".png"}
+        in_images = list_dir(img_dir)
+        in_masks = in_images if mask_dir == img_dir else list_dir(mask_dir)
+        images = {p.stem: p for p in in_images if _is_image(p) and p.suffix.lower() != ".png"}
         if img_dir != mask_dir:
-            images.update({p.stem: p for p in sorted(img_dir.glob("*.png")) if p.stem not in images})
-        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+            images.update({p.stem: p for p in in_images if _is_image(p) and p.suffix.lower() == ".png"
+                           and p.stem not in images})
+        masks = {p.stem: p for p in in_masks if p.suffix.lower() == ".png" and p.is_file()}
         if ids is not None:
             images = {k: images[k] for k in ids if k in images}
         if not images:
@@ -304,15 +453,12 @@ class VocSegmentation(TaskDataset):
 
     def read_mask(self, mask_path: Path, image_size_wh: tuple[int, int]) -> np.ndarray:
         """Palette/indexed PNG -> (H, W) uint8 class ids, checked."""
-        try:
-            with Image.open(mask_path) as m:
-                mode = m.mode
-                if mode not in ("P", "L", "I", "I;16"):
-                    raise DatasetError(mask_path, f"mask is mode {mode}, expected a palette (P) or "
-                                       "single-channel PNG of class indices (an RGB colour mask cannot be used)")
-                arr = np.array(m)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(mask_path, f"unreadable or corrupt mask ({e.__class__.__name__})") from None
+        with _open_image(mask_path, "mask") as m:
+            mode = m.mode
+            if mode not in ("P", "L", "I", "I;16"):
+                raise DatasetError(mask_path, f"mask is mode {mode}, expected a palette (P) or "
+                                   "single-channel PNG of class indices (an RGB colour mask cannot be used)")
+            arr = np.array(m)
         if (arr.shape[1], arr.shape[0]) != tuple(image_size_wh):
             raise DatasetError(mask_path, f"mask size {arr.shape[1]}x{arr.shape[0]} differs from its image "
                                f"{image_size_wh[0]}x{image_size_wh[1]}")
@@ -320,6 +466,12 @@ class VocSegmentation(TaskDataset):
         if bad.size:
             raise DatasetError(mask_path, f"mask values {bad.tolist()[:5]} outside 0..{self.num_classes - 1} and 255")
         return arr.astype(np.uint8)
+
+    def check_item(self, i: int, deep: bool = False) -> Counter:
+        """The image header (or the decoded image) and the decoded mask: mode, size, values."""
+        img_path, mask_path = self.samples[i]
+        self.read_mask(mask_path, open_rgb(img_path).size if deep else image_size(img_path))
+        return Counter()
 
     def load(self, i: int):
         img_path, mask_path = self.samples[i]
@@ -340,14 +492,14 @@ class FolderClassification(TaskDataset):
         super().__init__(transform)
         self.task_dir = Path(task_dir)
         self.split_dir = split_dir = self._require_split_dir(split, "folder for classification")
-        self.wnids = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        self.wnids = sorted(p.name for p in list_dir(split_dir) if p.is_dir())
         if not self.wnids:
             raise DatasetError(split_dir, "no class folders found")
         names = _read_class_names(self.task_dir)
         self.classes = [names.get(w, w) for w in self.wnids]
         self.samples = []
         for label, w in enumerate(self.wnids):
-            files = sorted(p for p in (split_dir / w).iterdir() if _is_image(p))
+            files = [p for p in list_dir(split_dir / w) if _is_image(p)]
             if not files:
                 raise DatasetError(split_dir / w, "class folder holds no images")
             self.samples += [(p, label) for p in files]

@@ -22,14 +22,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def load_run(folder: Path) -> dict:
+    from avalanche_onehead.validation import check_metrics_document
+
     f = folder / "metrics.json"
     if not f.is_file():
         raise FileNotFoundError(f"{folder}: no metrics.json (not a finished run folder)")
-    m = json.loads(f.read_text())
+    m = check_metrics_document(read_json(f), f)
     m["folder"] = str(folder)
     cfg = folder / "config.json"
-    m["label"] = label(m["strategy"], json.loads(cfg.read_text()).get("remedy", {}) if cfg.is_file() else {})
+    remedy = read_json(cfg).get("remedy", {}) if cfg.is_file() else {}
+    m["label"] = label(m["strategy"], remedy if isinstance(remedy, dict) else {})
     return m
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({str(e)[:100]})") from None
 
 
 def label(strategy: str, remedy: dict[str, Any]) -> str:
@@ -95,7 +105,9 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from avalanche_onehead.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", default="naive,ewc,lwf,replay,ewc+replay")
     p.add_argument("--runs", nargs="*", default=None, help="collect these finished run folders instead")
     p.add_argument("--out", default=None, help="comparison folder (default runs/compare-<timestamp>)")
@@ -107,11 +119,13 @@ def main(argv=None) -> int:
 
     with fail():
         out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.mkdir(parents=True, exist_ok=True)
         if args.runs:
             runs = [load_run(Path(f)) for f in args.runs]
+            out.mkdir(parents=True, exist_ok=True)
         else:
-            runs = [train_or_collect(s.strip(), out, run_args) for s in args.strategies.split(",") if s.strip()]
+            strategies = check_strategies(args.strategies, run_args)  # all of them, before training any
+            out.mkdir(parents=True, exist_ok=True)
+            runs = [train_or_collect(s, out, run_args) for s in strategies]
         if len({tuple(r["tasks"]) for r in runs}) != 1:
             raise ValueError("the runs do not share the same task order; compare like with like")
         md = table(runs)
@@ -121,6 +135,30 @@ def main(argv=None) -> int:
     print(md)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
     return 0
+
+
+def check_strategies(spec: str, run_args: list[str]) -> list[str]:
+    """The strategies of ``--strategies``, each a valid and distinct name, and the run options
+    valid for every one of them: a typo fails here, not after hours of training."""
+    import run as run_cli  # experiments/run.py
+
+    from avalanche_onehead.validation import SettingError
+    from strategies import canonical
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise SettingError("--strategies", f"names no strategy ({spec!r})")
+    seen: dict[str, str] = {}
+    for name in names:
+        try:
+            key = canonical(name)
+        except ValueError as e:
+            raise SettingError("--strategies", str(e)) from None
+        if key in seen:
+            raise SettingError("--strategies", f"{seen[key]!r} and {name!r} are the same strategy")
+        seen[key] = name
+        run_cli.make_config(run_cli.parse_args(["--strategy", name, *run_args]))
+    return names
 
 
 def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
@@ -133,8 +171,9 @@ def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
         print(f"{strategy}: collected {folder}")
     elif (folder / "resume.pt").is_file():
         run_cli.main(["--resume", str(folder)])
-    else:
-        run_cli.main(["--strategy", strategy, "--out", str(folder), *run_args])
+    else:  # a run killed before its first stage finished is started again
+        again = ["--overwrite"] if (folder / "config.json").is_file() else []
+        run_cli.main(["--strategy", strategy, "--out", str(folder), *again, *run_args])
     return load_run(folder)
 
 

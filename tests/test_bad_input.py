@@ -12,6 +12,7 @@ from PIL import Image
 
 from benchmarks import DatasetError, JointTransform, load_split
 from benchmarks.__main__ import main
+from benchmarks.check import check_data
 
 # Each case breaks a fresh copy of the synthetic benchmark and returns
 # (the path the error must name, a call that must raise the error).
@@ -128,10 +129,118 @@ def empty_class_folder(root):
     return folder, lambda: load_split(root, "cls", "train")
 
 
+def _det_json(root: Path) -> Path:
+    return root / DET / "annotations" / "COCO_train.json"
+
+
+def _json_case(edit):
+    """A case that edits the training COCO JSON; the error must name the JSON file."""
+    def case(root):
+        return _edit_json(root, edit), lambda: load_split(root, "det", "train")
+    case.__name__ = edit.__name__
+    return case
+
+
+def coco_top_level_list(root):
+    path = _det_json(root)
+    path.write_text(json.dumps([{"id": 1}]))
+    return path, lambda: load_split(root, "det", "train")
+
+
+@_json_case
+def annotation_without_bbox(doc):
+    del doc["annotations"][2]["bbox"]
+
+
+@_json_case
+def image_without_file_name(doc):
+    del doc["images"][1]["file_name"]
+
+
+@_json_case
+def category_without_id(doc):
+    del doc["categories"][4]["id"]
+
+
+@_json_case
+def bbox_of_three_numbers(doc):
+    doc["annotations"][0]["bbox"] = [1, 2, 3]
+
+
+@_json_case
+def bbox_as_a_string(doc):
+    doc["annotations"][0]["bbox"] = "10 10 20 20"
+
+
+@_json_case
+def duplicate_image_ids(doc):
+    doc["images"][1]["id"] = doc["images"][0]["id"]
+
+
+@_json_case
+def duplicate_annotation_ids(doc):
+    doc["annotations"][1]["id"] = doc["annotations"][0]["id"]
+
+
+@_json_case
+def category_id_as_a_list(doc):
+    doc["annotations"][0]["category_id"] = [1]
+
+
+def image_size_differs_from_the_json(root):
+    """Boxes are in the JSON's pixels: an image of another size would misplace them."""
+    def edit(doc):
+        doc["images"][0]["width"] += 7
+    path = _edit_json(root, edit)
+    img = root / DET / "train" / json.loads(path.read_text())["images"][0]["file_name"]
+    return img, lambda: check_data(root, ["det"])
+
+
+def huge_png(root):
+    """A PNG header announcing 15000 x 15000 pixels: refused before any decoding."""
+    img = root / CLS / "train" / "n90000002" / "huge.png"
+    img.write_bytes(png_header(15000, 15000))
+    return img, lambda: check_data(root, ["cls"])
+
+
+def unreadable_class_folder(root, monkeypatch):
+    """Tests run as root, for whom a chmod 000 folder stays readable: the refusal is simulated."""
+    folder = root / CLS / "train" / "n90000004"
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    return folder, lambda: load_split(root, "cls", "train")
+
+
+unreadable_class_folder.patches = True
+
+
+def _apply(case, root, monkeypatch):
+    return case(root, monkeypatch) if getattr(case, "patches", False) else case(root)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk (8-bit grayscale): enough for Pillow to read the size."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + chunk + end
+
+
 CASES: list[Case] = [
     missing_root, missing_task_folder, no_annotation_json, several_annotation_jsons,
     image_file_missing, unknown_category_id, unknown_image_id, rgb_mask, mask_size_mismatch,
     mask_value_out_of_range, corrupt_det_image, truncated_seg_image, empty_class_folder,
+    coco_top_level_list, annotation_without_bbox, image_without_file_name, category_without_id,
+    bbox_of_three_numbers, bbox_as_a_string, duplicate_image_ids, duplicate_annotation_ids,
+    category_id_as_a_list, image_size_differs_from_the_json, huge_png, unreadable_class_folder,
 ]
 
 
@@ -148,8 +257,8 @@ def test_the_untouched_copy_is_fine(data_copy):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
-def test_bad_input_raises_one_line_dataset_error(case, data_copy):
-    path, trigger = case(data_copy)
+def test_bad_input_raises_one_line_dataset_error(case, data_copy, monkeypatch):
+    path, trigger = _apply(case, data_copy, monkeypatch)
     with pytest.raises(DatasetError) as info:
         trigger()
     err = info.value
@@ -164,8 +273,8 @@ def test_bad_input_raises_one_line_dataset_error(case, data_copy):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
-def test_cli_reports_one_error_line(case, data_copy, capsys):
-    path, _ = case(data_copy)
+def test_cli_reports_one_error_line(case, data_copy, capsys, monkeypatch):
+    path, _ = _apply(case, data_copy, monkeypatch)
     root = path if case is missing_root else data_copy
     code = main(["--data-root", str(root)])
     captured = capsys.readouterr()
