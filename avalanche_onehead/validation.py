@@ -248,6 +248,19 @@ def _model_rules() -> Rule:
                                for k in ("backbone", "pretrained")})
 
 
+def _plan_rules() -> Rule:
+    from .stage_plans import PARTS, StagePlan
+
+    def parts(v):
+        if not isinstance(v, list) or not v or any(p not in PARTS for p in v):
+            raise ValueError(f"must be a non-empty list of parts among {', '.join(PARTS)}, not {_show(v)}")
+        return v
+
+    return task_map(settings_of(StagePlan, {
+        "train": parts, "lr": optional(number(0, above=True)), "backbone_lr_mult": optional(number(0)),
+        "head_warmup_epochs": whole(0), "views": whole(1, 64)}))
+
+
 def _remedy_rules() -> Rule:
     from strategies import RemedyOptions
     from strategies.remedies import MAX_REPLAY_PER_TASK_PER_STEP
@@ -267,6 +280,7 @@ RUN_RULES: dict[str, Rule] = {
     "lr": number(0, above=True), "backbone_lr_mult": number(0), "output_lr_mult": number(0),
     "weight_decay": number(0), "workers": whole(0), "max_images": optional(whole(1)),
     "task_weights": task_map(number(0)), "progress": boolean, "joint": boolean,
+    "cache": boolean, "seg_loss_stride": whole(1, 32), "cache_dir": optional(text()),
 }
 
 
@@ -276,6 +290,8 @@ def _field_rule(f) -> Rule:
         return _model_rules()
     if f.name == "remedy":
         return _remedy_rules()
+    if f.name == "plan":
+        return _plan_rules()
     return RUN_RULES.get(f.name) or like_default(f)
 
 
