@@ -185,3 +185,18 @@ def test_onnx_model_refuses_a_foreign_onnx_file(tmp_path):
     (tmp_path / "junk.onnx").write_text("junk")
     with pytest.raises(CheckpointError, match="not a loadable ONNX model"):
         OnnxModel(tmp_path / "junk.onnx")
+
+
+def test_predict_runs_on_the_onnx_export(checkpoint, exported, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from avalanche_onehead.predict import predict_files
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(photo)
+    a = predict_files(checkpoint, [photo], tmp_path / "pt")[0]
+    b = predict_files(exported[0], [photo], tmp_path / "onnx")[0]
+    assert (a["runtime"], b["runtime"]) == ("pytorch", "onnxruntime")
+    assert [t["label"] for t in a["classification"]["top3"]] == [t["label"] for t in b["classification"]["top3"]]
+    assert all((tmp_path / "onnx" / f"photo{s}").is_file() for s in (".png", ".json", "_mask.png"))
