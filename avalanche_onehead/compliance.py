@@ -170,7 +170,9 @@ def run_card(args: argparse.Namespace) -> dict:
             model = create_model(args.backbone, pretrained=False)
     latency: dict[str, dict] = {}
     if not args.no_latency:
-        measure = lambda m, **kw: measure_latency(m, args.size, args.runs, args.warmup, args.device, **kw)  # noqa: E731
+        def measure(m: Any, **kw: Any) -> dict:
+            return measure_latency(m, args.size, args.runs, args.warmup, args.device, **kw)
+
         if runtime in ("pytorch", "both"):
             lat = measure(model)
             lat["unfolded_median_ms"] = measure(model, fold=False)["median_ms"]
