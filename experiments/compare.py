@@ -2,12 +2,15 @@
 """Compare forgetting remedies on the same seed and data: a markdown table and a plot.
 
     python experiments/compare.py --strategies naive,ewc,lwf,replay,ewc+replay --data-root data
+    python experiments/compare.py --strategies naive,ewc --out runs/cmp -- --epochs 2 --max-images 16
     python experiments/compare.py --runs runs/naive-real runs/ewc-real     # collect existing runs
 
-Each strategy trains into OUT/<strategy>/ (all TensorBoard logs under OUT, so
-``tensorboard --logdir OUT`` overlays them); a strategy whose folder already holds
-metrics.json is collected, not retrained, and a killed one is resumed.
-Writes OUT/comparison.md, OUT/comparison.json and OUT/comparison.png.
+Options that are not compare.py's own (like --data-root above), and everything after
+'--', go to experiments/run.py for every strategy.  Each strategy trains into
+OUT/<strategy>/ (all TensorBoard logs under OUT, so ``tensorboard --logdir OUT``
+overlays them); a strategy whose folder already holds metrics.json is collected, not
+retrained, and a killed one is resumed.  Writes OUT/comparison.md, OUT/comparison.json
+and OUT/comparison.png (OUT: --out, default runs/compare-<timestamp>).
 """
 from __future__ import annotations
 
@@ -104,34 +107,43 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """compare.py's own arguments, and run.py's: everything after the first '--' goes to run.py."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
 def main(argv=None) -> int:
     from avalanche_onehead.cli import OneLineParser
 
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--strategies", default="naive,ewc,lwf,replay,ewc+replay")
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      allow_abbrev=False)  # run.py's --strategy must not pass for --strategies
+    p.add_argument("--strategies", default="naive,ewc,lwf,replay,ewc+replay",
+                   help="comma list of strategies to train or collect (default %(default)s)")
     p.add_argument("--runs", nargs="*", default=None, help="collect these finished run folders instead")
     p.add_argument("--out", default=None, help="comparison folder (default runs/compare-<timestamp>)")
-    p.add_argument("run_args", nargs=argparse.REMAINDER,
-                   help="after '--': options passed to run.py for every strategy (e.g. -- --epochs 2)")
-    args, extra = p.parse_known_args(argv)
-    run_args = [a for a in (args.run_args + extra) if a != "--"]
+    ours, after = split_arguments(list(sys.argv[1:] if argv is None else argv))
+    p.usage = p.format_usage().removeprefix("usage: ").rstrip() + " [RUN.PY OPTIONS] [-- RUN.PY OPTIONS]"
+    args, extra = p.parse_known_args(ours)
+    run_args = extra + after
     from avalanche_onehead.cli import fail
 
     with fail():
+        for flag in ("--strategy", "--out", "--resume"):
+            if any(a == flag or a.startswith(flag + "=") for a in run_args):
+                raise ValueError(f"{flag}: compare.py sets it for each strategy's run.py; "
+                                 "use compare.py's --strategies / --out")
         out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-        if args.runs:
-            runs = [load_run(Path(f)) for f in args.runs]
-            out.mkdir(parents=True, exist_ok=True)
-        else:
-            strategies = check_strategies(args.strategies, run_args)  # all of them, before training any
-            out.mkdir(parents=True, exist_ok=True)
-            runs = [train_or_collect(s, out, run_args) for s in strategies]
-        if len({tuple(r["tasks"]) for r in runs}) != 1:
-            raise ValueError("the runs do not share the same task order; compare like with like")
-        md = table(runs)
-        (out / "comparison.md").write_text(md)
-        (out / "comparison.json").write_text(json.dumps(runs, indent=2))
-        plot(runs, out / "comparison.png")
+        new_folders = [d for d in (out, *out.parents) if not d.exists()]
+        try:
+            md = compare(args, out, run_args)
+        except BaseException:
+            for d in new_folders:  # deepest first; a folder with anything in it (a resumable run) stays
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
     print(md)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
     return 0
@@ -159,6 +171,26 @@ def check_strategies(spec: str, run_args: list[str]) -> list[str]:
         seen[key] = name
         run_cli.make_config(run_cli.parse_args(["--strategy", name, *run_args]))
     return names
+
+
+def compare(args: argparse.Namespace, out: Path, run_args: list[str]) -> str:
+    """Collect or train the runs, then write the table, the JSON and the plot into ``out``."""
+    if args.runs is not None:
+        if not args.runs:
+            raise ValueError("--runs: give at least one run folder")
+        runs = [load_run(Path(f)) for f in args.runs]
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        strategies = check_strategies(args.strategies, run_args)  # all of them, before training any
+        out.mkdir(parents=True, exist_ok=True)
+        runs = [train_or_collect(s, out, run_args) for s in strategies]
+    if len({tuple(r["tasks"]) for r in runs}) != 1:
+        raise ValueError("the runs do not share the same task order; compare like with like")
+    md = table(runs)
+    (out / "comparison.md").write_text(md)
+    (out / "comparison.json").write_text(json.dumps(runs, indent=2))
+    plot(runs, out / "comparison.png")
+    return md
 
 
 def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:

@@ -7,7 +7,23 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO_ROOT.parent / "shared" / "data"
+#: where the real mini-datasets are looked for, in this order ($ONEHEAD_DATA first)
+REAL_DATA_PLACES = (REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data")
+TASK_FOLDERS = ("mini_coco_det", "mini_voc_seg", "imagenette_160")
+
+
+def find_real_data() -> tuple[Path | None, str]:
+    """The real mini-datasets' root, or None and why not: ``$ONEHEAD_DATA`` if set, else
+    ``<repo>/data``, else ``<repo>/../shared/data``; a root must hold the three task folders
+    and not be the synthetic benchmark."""
+    env = os.environ.get("ONEHEAD_DATA")
+    places = [Path(env).expanduser()] if env else list(REAL_DATA_PLACES)
+    for place in places:
+        if place.is_dir() and not (place / "SYNTHETIC.txt").is_file() and all(
+                (place / t).is_dir() for t in TASK_FOLDERS):
+            return place.resolve(), ""
+    where = f"$ONEHEAD_DATA={env}" if env else " or ".join(str(p) for p in REAL_DATA_PLACES)
+    return None, f"real mini-datasets ({', '.join(TASK_FOLDERS)}) not found in {where}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,10 +52,11 @@ def synthetic_root(onehead_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def real_root() -> Path:
-    """The real mini-datasets (``<repo>/../shared/data``); tests using it skip when absent."""
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real mini-datasets not found at {REAL_DATA}")
-    return REAL_DATA
+    """The real mini-datasets (see :func:`find_real_data`); tests using it skip when absent."""
+    root, why = find_real_data()
+    if root is None:
+        pytest.skip(why)
+    return root
 
 
 def load_script(relative: str):

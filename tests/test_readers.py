@@ -1,4 +1,4 @@
-"""Readers on the real mini-datasets (skipped when /work/shared/data is absent)."""
+"""Readers on the real mini-datasets (skipped when none are found: see conftest.find_real_data)."""
 from __future__ import annotations
 
 import json

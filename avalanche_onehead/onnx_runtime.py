@@ -1,0 +1,111 @@
+"""An exported model on ONNX Runtime, behind the interface of the PyTorch model.
+
+:class:`OnnxModel` is called like ``OneHeadNet`` (images in, a ``OneHeadOutput`` of torch
+tensors out) and has its ``predict``, ``cfg``, ``mean``/``std`` and ``task_order``, so
+``eval.py``, the evaluators, the compliance card and ``predict.py`` run either runtime
+through the same decoding code.  :func:`load_model` opens a ``.pt`` checkpoint or an
+``.onnx`` export and returns the model with the checkpoint's metadata.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+from .model import ModelConfig, OneHeadOutput
+from .tasks import TASKS
+
+
+def create_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation on and ``threads`` intra-op
+    threads (default: as many as PyTorch uses, so both runtimes are timed alike)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: no optimiser chatter on the console
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
+        raise CheckpointError(path, f"not a loadable ONNX model ({first})") from None
+
+
+class OnnxModel:
+    """An exported one-head model: ``model(images)`` -> ``OneHeadOutput`` on CPU."""
+
+    runtime = "onnxruntime"
+    training = False
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        from .export import META_KEY
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(path, "ONNX file not found")
+        self.path = path
+        self.session = create_session(path, threads)
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise CheckpointError(path, f"no '{META_KEY}' metadata: not exported by experiments/export.py")
+        self.meta: dict[str, Any] = json.loads(props[META_KEY])
+        self.cfg = ModelConfig.from_dict(self.meta["model_config"])
+        self.mean = tuple(self.meta["normalization"]["mean"])
+        self.std = tuple(self.meta["normalization"]["std"])
+        self.task_order = list(self.meta["onnx"]["outputs"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.threads = self.session.get_session_options().intra_op_num_threads
+
+    def __call__(self, images: Tensor) -> OneHeadOutput:
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = OneHeadOutput({t: torch.from_numpy(v) for t, v in zip(
+            self.task_order, self.session.run(None, {self.input_name: x}))})
+        return out
+
+    # the PyTorch model's housekeeping calls, so callers need not tell the runtimes apart
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def to(self, device: Any) -> "OnnxModel":
+        if str(device) != "cpu":
+            raise CheckpointError(self.path, f"the ONNX Runtime model runs on the CPU, not {device}")
+        return self
+
+    def for_inference(self) -> "OnnxModel":
+        return self  # exported already folded
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, original_sizes: Sequence[tuple[int, int]] | None = None,
+                tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Same as ``OneHeadNet.predict``: the task registry's decoding on the raw outputs."""
+        out = self(images)
+        n = images.shape[0]
+        sizes = original_sizes or [tuple(images.shape[-2:])] * n
+        det_cfg = self.cfg.det_cfg
+        return [{t: TASKS[t].decode(out[t][i], tuple(sizes[i]), det_cfg) for t in (tasks or self.task_order)}
+                for i in range(n)]
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def load_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(model, metadata)`` of a ``.pt`` checkpoint (PyTorch, BatchNorm folded) or an
+    ``.onnx`` export (ONNX Runtime, CPU); the metadata is the checkpoint's dictionary
+    without the weights."""
+    if is_onnx(path):
+        model = OnnxModel(path, threads)
+        model.to(device)
+        return model, model.meta
+    from .checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path, device)
+    return model.for_inference(), {k: v for k, v in meta.items() if k != "state_dict"}

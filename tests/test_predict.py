@@ -1,0 +1,119 @@
+"""experiments/predict.py: a picture, a JSON and a mask per image, from a .pt or an .onnx."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_script
+from PIL import Image
+
+from avalanche_onehead.checkpoint import save_checkpoint
+from avalanche_onehead.model import create_model
+from avalanche_onehead.predict import collect_images, output_names, predict_files
+
+SIZE = 64
+CLASSES = {"seg": [f"s{i}" for i in range(21)], "det": [f"d{i}" for i in range(10)],
+           "cls": [f"c{i}" for i in range(10)]}
+IDS = [1, 14, 39, 42, 52, 65, 67, 73, 74, 88]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    path = tmp_path_factory.mktemp("predict") / "tiny.pt"
+    return save_checkpoint(path, model, classes=CLASSES, category_ids=IDS, image_size=SIZE)
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    """A folder with a colour JPEG and a grayscale PNG of other sizes, and a non-image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (80, 50), dtype=np.uint8), mode="L").save(folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def check_outputs(out: Path, name: str, size: tuple[int, int]) -> dict:
+    record = json.loads((out / f"{name}.json").read_text())
+    h, w = size
+    assert (record["height"], record["width"]) == (h, w)
+    for d in record["detections"]:
+        x0, y0, x1, y1 = d["box_xyxy"]
+        assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h  # original pixels
+        assert d["label"] in CLASSES["det"] and d["category_id"] == IDS[d["class_index"]] and 0 <= d["score"] <= 1
+    probs = record["classification"]["probabilities"]
+    assert set(probs) == set(CLASSES["cls"]) and sum(probs.values()) == pytest.approx(1, abs=1e-3)
+    top3 = record["classification"]["top3"]
+    assert len(top3) == 3 and top3[0]["probability"] == max(probs.values())
+    seg = record["segmentation"]
+    assert seg["mask"] == f"{name}_mask.png"
+    mask = Image.open(out / seg["mask"])
+    assert mask.mode == "P" and mask.size == (w, h)
+    present = {CLASSES["seg"][i] for i in np.unique(np.array(mask))}
+    assert set(seg["classes_present"]) == present
+    assert sum(seg["classes_present"].values()) == pytest.approx(1, abs=1e-3)
+    picture = Image.open(out / f"{name}.png")
+    assert picture.size[0] > 300  # a real figure, not an empty file
+    return record
+
+
+def test_predict_writes_picture_json_and_mask_per_image(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "preds"
+    assert load_script("experiments/predict.py").main(
+        ["--weights", str(checkpoint), "--out", str(out), str(images / "a.jpg"), str(images)]) == 0
+    stdout = capsys.readouterr().out
+    assert "written: 2 image(s)" in stdout  # a.jpg named twice is predicted once
+    check_outputs(out, "a", (72, 96))
+    record = check_outputs(out, "b", (80, 50))
+    assert record["runtime"] == "pytorch" and record["image"] == str(images / "b.png")
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "a_mask.png", "b.json", "b.png", "b_mask.png"]
+
+
+def test_predict_mask_matches_the_model_prediction(checkpoint, images, tmp_path):
+    from avalanche_onehead.onnx_runtime import load_model
+    from benchmarks import JointTransform
+
+    records = predict_files(checkpoint, [images / "a.jpg"], tmp_path)
+    model, meta = load_model(checkpoint)
+    image = Image.open(images / "a.jpg").convert("RGB")
+    x, _ = JointTransform(SIZE, mean=model.mean, std=model.std)(image, {})
+    pred = model.predict(x[None], [(72, 96)])[0]
+    assert np.array_equal(np.array(Image.open(tmp_path / "a_mask.png")), pred["seg"].numpy())
+    assert len(records[0]["detections"]) == len(pred["det"].scores)
+
+
+def test_same_names_from_two_folders_do_not_overwrite(tmp_path):
+    paths = [tmp_path / "x" / "a.jpg", tmp_path / "y" / "a.jpg", tmp_path / "b.jpg"]
+    assert output_names(paths) == ["a", "y_a", "b"]
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "empty folder", "corrupt"])
+def test_bad_input_is_one_error_line_and_nothing_written(case, checkpoint, images, tmp_path, capsys):
+    bad = {"missing": tmp_path / "nope.jpg", "not an image": images / "notes.txt",
+           "empty folder": tmp_path / "empty", "corrupt": images / "broken.jpg"}[case]
+    if case == "empty folder":
+        bad.mkdir()
+    if case == "corrupt":
+        bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "preds"
+    with pytest.raises(SystemExit) as info:
+        load_script("experiments/predict.py").main(["--weights", str(checkpoint), "--out", str(out),
+                                                    str(images / "a.jpg"), str(bad)])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and str(bad) in err[0], captured.err
+    assert not out.exists()
+
+
+def test_collect_images_keeps_order_and_skips_non_images(images):
+    assert [p.name for p in collect_images([images])] == ["a.jpg", "b.png"]
