@@ -33,6 +33,15 @@ def test_seed_summary_means_stds_and_worst_drop(tmp_path, capsys):
     table = md.read_text()
     assert "NOT every seed within the 5 % bar" in table and "0.480 ± 0.020" in table
     assert table in capsys.readouterr().out
+    doc = tmp_path / "report.md"
+    doc.write_text("intro\n<!-- seeds:begin -->\nold table\n<!-- seeds:end -->\nrest\n")
+    assert load_script("experiments/summarize.py").main([*map(str, runs), "--into", str(doc)]) == 0
+    assert doc.read_text() == f"intro\n<!-- seeds:begin -->\n{table}<!-- seeds:end -->\nrest\n"
+    bad = tmp_path / "plain.md"
+    bad.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        load_script("experiments/summarize.py").main([*map(str, runs), "--into", str(bad)])
+    assert bad.read_text() == "no markers\n"
 
 
 def test_a_folder_without_metrics_is_one_clear_error(tmp_path, capsys):
