@@ -108,24 +108,43 @@ def plan_param_groups(model, plan: StagePlan, lr: float, backbone_mult: float, w
 
 class HeadWarmup(SupervisedPlugin):
     """For the first ``epochs`` epochs of an experience only the current task's output
-    channels move: every other gradient is dropped before the optimizer step (set to
-    ``None``, so AdamW neither steps nor decays those parameters)."""
+    channels move.  Every layer before the output layer is taken out of autograd for those
+    epochs (so the backward pass stops at the output layer: a warm-up epoch costs about a
+    forward pass), and the other tasks' rows of the output layer get a zero gradient."""
 
     def __init__(self, epochs: int, rows: slice):
         super().__init__()
         self.epochs = epochs
         self.rows = rows
+        self._held: list[torch.nn.Parameter] = []
+
+    def _release(self) -> None:
+        for p in self._held:
+            p.requires_grad_(True)
+        self._held = []
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        if strategy.clock.train_exp_epochs >= self.epochs:
+            self._release()
+            return
+        if not self._held:
+            out_layer = set(map(id, strategy.model.head[-1].parameters()))
+            self._held = [p for p in strategy.model.parameters() if p.requires_grad and id(p) not in out_layer]
+            for p in self._held:
+                p.requires_grad_(False)
 
     def before_update(self, strategy, **kwargs) -> None:
         if strategy.clock.train_exp_epochs >= self.epochs:
             return
         out_layer = strategy.model.head[-1]
-        keep = {id(out_layer.weight), id(out_layer.bias)}
-        for p in strategy.model.parameters():
-            if id(p) not in keep:
-                p.grad = None
         for p in (out_layer.weight, out_layer.bias):
             if p.grad is not None:
                 mask = torch.zeros_like(p.grad)
                 mask[self.rows] = 1
                 p.grad.mul_(mask)
+
+    def after_training_epoch(self, strategy, **kwargs) -> None:
+        # the clock still counts the epoch just finished; release before anything that follows
+        # the warm-up (the next epoch, or the remedies' end-of-experience work such as EWC's Fisher)
+        if strategy.clock.train_exp_epochs + 1 >= self.epochs:
+            self._release()
