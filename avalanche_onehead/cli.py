@@ -39,6 +39,6 @@ def fail(code: int = 2):
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {one_line(where + (e.strerror or str(e) or e.__class__.__name__))}", file=sys.stderr)
         raise SystemExit(code) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # its message, if any, says how to continue
+        print(f"interrupted{': ' + one_line(e) if str(e) else ''}", file=sys.stderr)
         raise SystemExit(130) from None

@@ -5,6 +5,7 @@ numbers ``eval.py`` prints come from the same code.
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -22,17 +23,41 @@ def metric_key(name: str, task: str, exp_id: int) -> str:
     return f"{name}/eval_phase/test_stream/Task{TASKS[task].label:03d}/Exp{exp_id:03d}"
 
 
+def tag_name(name: str) -> str:
+    """A class name as one piece of a metric tag ("potted plant" -> "potted_plant")."""
+    return re.sub(r"[^\w.+-]+", "_", str(name)).strip("_") or "_"
+
+
+def named_classes(values: dict[str, float], class_names: list[str] | None) -> dict[str, float]:
+    """Per-class entries ``IoU/3`` renamed by class, ``IoU/cat`` (``IoU/3_cat`` where two
+    classes would get the same tag)."""
+    if not class_names:
+        return dict(values)
+    tags = [tag_name(c) for c in class_names]
+    unique = len(set(tags)) == len(tags)
+    out = {}
+    for k, v in values.items():
+        head, sep, idx = k.rpartition("/")
+        if sep and idx.isdigit() and int(idx) < len(tags):
+            k = f"{head}/{tags[int(idx)] if unique else idx + '_' + tags[int(idx)]}"
+        out[k] = v
+    return out
+
+
 class TaskMetric(PluginMetric[float]):
     """Dataset-level metric of one task, emitted after each evaluated experience.
 
     Reads ``strategy.mb_output`` and ``strategy.mb_y`` (a ``TaskBatch``) after
     every eval iteration; experiences without samples of its task emit nothing.
-    Values are plain Python floats.
+    Values are plain Python floats; per-class values are named by class
+    (``IoU/person``) when ``class_names`` are given.
     """
 
-    def __init__(self, task: str, num_classes: int | None = None, **evaluator_kwargs: Any):
+    def __init__(self, task: str, num_classes: int | None = None, class_names: list[str] | None = None,
+                 **evaluator_kwargs: Any):
         super().__init__()
         self.task = task
+        self.class_names = list(class_names) if class_names else None
         self.spec = TASKS[task]
         self.evaluator = self.spec.make_evaluator(num_classes or self.spec.num_classes, **evaluator_kwargs)
         self.seen = 0
@@ -62,7 +87,8 @@ class TaskMetric(PluginMetric[float]):
         self.last = self.evaluator.compute()
         exp_id = strategy.experience.current_experience
         x = strategy.clock.train_iterations
-        return [MetricValue(self, metric_key(k, self.task, exp_id), float(v), x) for k, v in self.last.items()]
+        return [MetricValue(self, metric_key(k, self.task, exp_id), float(v), x)
+                for k, v in named_classes(self.last, self.class_names).items()]
 
     def __str__(self) -> str:
         return self.spec.metric_name
@@ -165,3 +191,32 @@ def summary_document(matrix: list[list[float]], order: list[str], strategy: str 
         "drop_pct": {t: (100.0 * (base[t] - final[t]) / base[t] if base[t] > 0 else 0.0) for t in base},
         "drop_abs": {t: base[t] - final[t] for t in base},
     }
+
+
+def summary_table(metrics: dict[str, Any], bar_pct: float = 5.0) -> list[str]:
+    """The metric matrix as text rows (one per stage), then each task's drop against the bar."""
+    tasks = metrics["tasks"]
+    heads = [f"{t} {metrics['metric_names'][t]}" for t in tasks]
+    width = max(12, *(len(h) + 2 for h in heads))
+    stages = metrics.get("stages", tasks)
+    lines = [" " * 14 + "".join(h.rjust(width) for h in heads)]
+    for name, row in zip(stages, metrics["matrix"]):
+        lines.append(f"after {name:<8s}" + "".join(f"{v:.4f}".rjust(width) for v in row))
+    if metrics.get("joint"):
+        lines.append("(joint training: no per-task baseline, so no drops)")
+        return lines
+    drops = metrics.get("drop_pct", {})
+    cells, verdict = [], []
+    for t in tasks:
+        if t not in drops:
+            cells.append("-")
+            verdict.append("")
+        elif metrics["baseline"].get(t, 0.0) <= 0:
+            cells.append("n/a")
+            verdict.append("baseline 0")
+        else:
+            cells.append(f"{drops[t]:+.1f} %")
+            verdict.append("ok" if drops[t] <= bar_pct else f"> {bar_pct:g} %")
+    lines.append("drop vs base  " + "".join(c.rjust(width) for c in cells))
+    lines.append(f"{f'(bar {bar_pct:g} %)':<14s}" + "".join(v.rjust(width) for v in verdict))
+    return lines

@@ -60,15 +60,10 @@ def save_matrix_figure(metrics: dict[str, Any], path: str | Path) -> Path:
 def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Path | None = None,
                      per_task: int = 4, score_threshold: float = 0.3, max_boxes: int = 5,
                      split: str = "val") -> Path:
-    """Predictions of a checkpoint on ``per_task`` images spread over each task's split:
-    segmentation (ground truth | prediction overlays), detection (the ``max_boxes`` best
-    predicted boxes solid, ground truth dashed) and classification (predicted vs true label)."""
-    import torch
-    from matplotlib.patches import Rectangle
-
+    """Predictions of a checkpoint on ``per_task`` images spread over each task's split
+    (see :func:`prediction_figure`), saved to ``path``."""
     from benchmarks import JointTransform, load_split
     from benchmarks.stream import data_root_of_checkpoint
-    from benchmarks.synthetic import voc_palette
 
     from .checkpoint import load_checkpoint
 
@@ -76,12 +71,32 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
     model = model.for_inference()
     root = data_root_of_checkpoint(data_root, meta).path
     tf = JointTransform(meta["image_size"], train=False, mean=model.mean, std=model.std)
-    colours = np.asarray(voc_palette(), dtype=float).reshape(-1, 3) / 255
     tasks = [t for t in ("seg", "det", "cls") if t in meta["classes"]]
+    fig = prediction_figure(model, {t: load_split(root, t, split) for t in tasks}, meta["classes"], tf,
+                            per_task=per_task, score_threshold=score_threshold, max_boxes=max_boxes)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def prediction_figure(model, datasets: dict[str, Any], classes: dict[str, list[str]], transform,
+                      per_task: int = 4, score_threshold: float = 0.3, max_boxes: int = 5):
+    """One row per task of ``datasets`` (readers with ``load(i)``), ``per_task`` images spread
+    over each: segmentation (ground truth | prediction overlays), detection (the ``max_boxes``
+    best predicted boxes solid, ground truth dashed) and classification (predicted vs true
+    label).  ``model`` must be in eval mode; the figure is returned open."""
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from benchmarks.synthetic import voc_palette
+
+    colours = np.asarray(voc_palette(), dtype=float).reshape(-1, 3) / 255
+    tasks = [t for t in ("seg", "det", "cls") if t in datasets]
+    device = next(model.parameters()).device
     fig, axes = plt.subplots(len(tasks), per_task, figsize=(3.2 * per_task, 3.0 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        ds = load_split(root, task, split)
-        names = meta["classes"][task]
+        ds = datasets[task]
+        names = classes[task]
         for col in range(per_task):
             ax = axes[row][col]
             ax.axis("off")
@@ -91,9 +106,9 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
                 continue
             i = k * len(ds) // shown  # spread over the split (class folders are sorted)
             image, raw = ds.load(i)
-            x, _ = tf(image, dict(raw))
+            x, _ = transform(image, dict(raw))
             with torch.no_grad():
-                pred = model.predict(x[None], [(image.height, image.width)], tasks=[task])[0][task]
+                pred = model.predict(x[None].to(device), [(image.height, image.width)], tasks=[task])[0][task]
             ax.imshow(image)
             if task == "seg":
                 mask = raw["mask"].numpy() if col % 2 == 0 else pred.cpu().numpy()
@@ -103,6 +118,7 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
                 ax.set_title(("truth: " if col % 2 == 0 else "predicted: ")
                              + (", ".join(names[c] for c in present[:3]) or "background only"), fontsize=8)
             elif task == "det":
+                pred = type(pred)(pred.boxes.cpu(), pred.scores.cpu(), pred.labels.cpu())
                 for b in raw["boxes"].tolist():
                     ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ls="--",
                                            ec="white", lw=1.2))
@@ -113,12 +129,10 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
                             bbox={"facecolor": "yellow", "alpha": 0.8, "pad": 1, "lw": 0})
                 ax.set_title(f"top {int(keep.sum())} boxes ≥ {score_threshold} (truth dashed)", fontsize=8)
             else:
-                p = pred.float()
+                p = pred.float().cpu()
                 k = int(p.argmax())
                 ok = k == int(raw["label"])
                 ax.set_title(f"predicted {names[k]} ({float(p[k]):.2f})\ntrue {names[int(raw['label'])]}",
                              fontsize=8, color="green" if ok else "red")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return fig

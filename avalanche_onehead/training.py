@@ -12,6 +12,7 @@ import json
 import os
 import re
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 
 from .checkpoint import save_checkpoint
-from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_document, summary_values
+from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_document, summary_table, summary_values
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
-from .plugins import StageProgress, WarmupCosinePlugin
+from .plugins import EpochCheckpoint, StageProgress, TensorboardExtras, WarmupCosinePlugin
 from .stage_plans import HeadWarmup, StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
 from .settings import from_known_fields
 from .tasks import DEFAULT_ORDER, TASKS
@@ -115,9 +116,36 @@ def default_run_dir(strategy: str) -> Path:
 def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     """Train over the stream, evaluate after every experience, write the run folder.
 
-    After every stage the run folder gets the stage checkpoint and ``resume.pt``
-    (matrix so far + remedy state); ``resume=True`` continues from there.
+    After every epoch the run folder gets ``resume_epoch.pt`` (what continues the stage
+    from there); after every stage the stage checkpoint and ``resume.pt`` (matrix so far
+    + remedy state).  ``resume=True`` continues from the latest of them.  A Ctrl-C is
+    re-raised as a ``KeyboardInterrupt`` whose message says how to continue.
     """
+    where: dict[str, Path] = {}
+    try:
+        return _run(cfg, log, resume, where)
+    except KeyboardInterrupt:
+        if "run_dir" not in where:
+            raise
+        raise KeyboardInterrupt(interrupted_note(where["run_dir"])) from None
+
+
+def resume_command(run_dir: Path) -> str:
+    """``python experiments/run.py --resume RUN_DIR``, the script's path as seen from here."""
+    script = Path(__file__).resolve().parents[1] / "experiments" / "run.py"
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(Path.cwd())
+    return f"python {shlex.quote(str(script))} --resume {shlex.quote(str(run_dir))}"
+
+
+def interrupted_note(run_dir: Path) -> str:
+    """One line for a stopped run: the command that continues it, or why there is none."""
+    if any((Path(run_dir) / f).is_file() for f in (RESUME_FILE, EPOCH_FILE)):
+        return f"continue with: {resume_command(run_dir)}"
+    return f"{run_dir}: no epoch had finished, nothing to resume; start the run again"
+
+
+def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
     from avalanche.evaluation.metrics import loss_metrics
     from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
     from avalanche.training import JointTraining, Naive
@@ -149,6 +177,7 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
             (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     except OSError as e:
         raise OneHeadError(run_dir, f"cannot create the run folder ({e.strerror or e})") from None
+    where["run_dir"] = run_dir
 
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
@@ -157,6 +186,8 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
                           max_images=cfg.max_images)
     log(f"stream ({' -> '.join(cfg.order)}), image size {cfg.image_size}, strategy {strategy_name}:")
     log(describe_stream(stream))
+    log("note: Avalanche calls every evaluated stream 'test_stream': in this run's log and TensorBoard tags "
+        "(.../eval_phase/test_stream/...) it is each task's validation split")
     params = count_parameters(model)
     log(f"model: {cfg.backbone} ({model.weights_source or 'random init'}), "
         f"{params['total'] / 1e6:.2f} M parameters")
@@ -170,10 +201,11 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         t0 = time.perf_counter()
         benchmark = cached_benchmark(stream, model, plans, cfg, log)
         cache_seconds = time.perf_counter() - t0
-    loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), TensorboardLogger(str(run_dir / "tb"))]
+    tensorboard = TensorboardLogger(str(run_dir / "tb"))
+    loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), tensorboard]
     if cfg.progress:
         loggers.append(InteractiveLogger())
-    task_metrics = [TaskMetric(t, len(stream.classes[t])) for t in cfg.order]
+    task_metrics = [TaskMetric(t, len(stream.classes[t]), class_names=stream.classes[t]) for t in cfg.order]
     summary_metric = ForgettingSummary(task_metrics, cfg.order, strategy_name)
     summary = [] if cfg.joint else [summary_metric]  # one joint stage: nothing to forget
     evaluator = EvaluationPlugin(*task_metrics, *summary, loss_metrics(epoch=True), loggers=loggers)
@@ -183,23 +215,36 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     stage_progress = StageProgress([(name, epochs * (sum(len(e.dataset) for e in exp) if isinstance(exp, list)
                                                      else len(exp.dataset))) for name, exp, epochs in stages], log)
     template = JointTraining if cfg.joint else Naive
+    warmup = WarmupCosinePlugin()
+    at = {"stage": 0, "task": "", "t0": 0.0, "seconds": 0.0}  # the stage being trained, for its epoch states
+    epoch_state = EpochCheckpoint(lambda s: save_epoch_state(run_dir, {**s, "stage": at["stage"], "task": at["task"],
+                                                                      "seconds": at["seconds"] + time.perf_counter()
+                                                                      - at["t0"]}, log),
+                                  {"warmup": warmup, "progress": stage_progress})
+    extras = TensorboardExtras(tensorboard.writer, settings_text(cfg, strategy_name, plans), log=log,
+                               preview=lambda m: preview_figure(m, stream, cfg))
     strategy = template(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
                         train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
-                        plugins=remedies + [WarmupCosinePlugin(), stage_progress], evaluator=evaluator, eval_every=-1)
+                        plugins=remedies + [warmup, stage_progress, epoch_state, extras], evaluator=evaluator,
+                        eval_every=-1)
 
     meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
                 category_ids=stream.category_ids, image_size=cfg.image_size,
                 data={"root": str(root.path), "synthetic": root.synthetic, "seed": cfg.seed})
     provenance = {"command": " ".join(sys.argv), "strategy": strategy_name, "seed": cfg.seed,
                   "order": cfg.order, "commit": git_commit()}
-    progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
-    if state is not None:
-        progress = restore_progress(state, run_dir, [s[0] for s in stages], model, strategy, remedies,
-                                    train_exps, summary_metric)
-        log(f"resuming {run_dir} after stage {progress['done']} "
-            f"({', '.join(s[0] for s in stages[:progress['done']])})")
     # cached features are already in memory: worker processes would only add copies through shared memory
     loader_kw = {"num_workers": 0 if benchmark is not stream.benchmark else cfg.workers, "persistent_workers": False}
+    progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
+    mid = None  # the epoch state of an unfinished stage
+    if state is not None:
+        progress = restore_progress(state, run_dir, [s[0] for s in stages], model, strategy, remedies,
+                                    train_exps, summary_metric, plans=plans, num_workers=loader_kw["num_workers"])
+        mid = state.get("epoch")
+        done = progress["done"]
+        log(f"resuming {run_dir} "
+            + (f"in stage {done + 1} ({stages[done][0]}) after epoch {mid['epochs_done']}/{stages[done][2]}"
+               if mid else f"after stage {done} ({', '.join(s[0] for s in stages[:done])})"))
     for i in range(progress["done"], len(stages)):
         task, exp, strategy.train_epochs = stages[i]
         seed_everything(stage_seed(cfg.seed, i))
@@ -209,6 +254,8 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
             + (f"; first {plan.head_warmup_epochs} fit only its output channels" if plan.head_warmup_epochs else "")
             + ")")
         t0 = time.perf_counter()
+        at.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
+        epoch_state.pending, mid = mid, None
         stage_progress.start_stage(i)
         apply_plan(model, plan)
         strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
@@ -224,7 +271,7 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         finally:
             for w in warmup:
                 strategy.plugins.remove(w)
-        progress["stage_seconds"][task] = time.perf_counter() - t0
+        progress["stage_seconds"][task] = at["seconds"] + time.perf_counter() - t0
         results = strategy.eval(benchmark.test_stream, **loader_kw)
         row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(cfg.order)]
         progress["matrix"].append(row)
@@ -238,9 +285,13 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
         # Avalanche's iteration counters are the x axis of every logged metric: a resumed run goes on from them
         progress["clock"] = {k: int(getattr(strategy.clock, k)) for k in CLOCK_COUNTERS}
         save_resume_state(run_dir, progress, remedies)
+        with contextlib.suppress(OSError):  # the finished stage's state supersedes its epoch states
+            (run_dir / EPOCH_FILE).unlink(missing_ok=True)
 
-    save_checkpoint(run_dir / "model.pt", model, **meta, provenance={**provenance, "stage": len(stages),
-                                                                    "trained": cfg.order})
+    final_provenance = {**provenance, "stage": len(stages), "trained": cfg.order}
+    last = run_dir / f"stage{len(stages)}_{stages[-1][0]}.pt"
+    if not link_final_model(last, run_dir / "model.pt"):
+        save_checkpoint(run_dir / "model.pt", model, **meta, provenance=final_provenance)
     metrics = {
         **summary_document(progress["matrix"], cfg.order, strategy_name, joint=cfg.joint), "seed": cfg.seed,
         "stages": [s[0] for s in stages],
@@ -268,8 +319,58 @@ def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     for lg in loggers:
         if hasattr(lg, "close"):
             lg.close()
-    log(f"run folder: {run_dir}  (train {metrics['train_seconds'] / 60:.1f} min)")
+    for line in closing_summary(metrics, run_dir, root.path, [s[0] for s in stages]):
+        log(line)
     return run_dir
+
+
+def link_final_model(last_stage: Path, model_pt: Path) -> bool:
+    """``model.pt`` as a second name (hard link) of the last stage's checkpoint, which holds the
+    same weights and provenance: the run folder keeps one copy.  False where links fail."""
+    tmp = model_pt.with_name(f".{model_pt.name}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(last_stage, tmp)
+        os.replace(tmp, model_pt)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return False
+
+
+def closing_summary(metrics: dict[str, Any], run_dir: Path, data_root: Path, stages: list[str]) -> list[str]:
+    """The lines that end a run: the matrix, the drops against the 5 % bar, the time, and the
+    ``eval.py`` command that scores this run's model."""
+    secs = metrics.get("stage_seconds", {})
+    parts = ", ".join(f"{t} {secs[t] / 60:.1f}" for t in stages if t in secs)
+    if metrics.get("cache_seconds"):
+        parts += f"; feature cache {metrics['cache_seconds'] / 60:.1f}"
+    tasks = metrics["tasks"]
+    which = "all" if sorted(tasks) == sorted(TASKS) else ",".join(tasks)
+    return [f"== summary: {metrics['strategy']}, seed {metrics.get('seed', 0)}, metric on each task's "
+            f"validation split after each stage",
+            *("   " + line for line in summary_table(metrics)),
+            f"   training time {metrics['train_seconds'] / 60:.1f} min ({parts} min)",
+            f"   run folder: {run_dir}",
+            f"   evaluate: python eval.py --weights {shlex.quote(str(Path(run_dir) / 'model.pt'))} "
+            f"--data_root {shlex.quote(str(data_root))} --tasks {which}"]
+
+
+def settings_text(cfg: RunConfig, strategy: str, plans: dict[str, StagePlan]) -> str:
+    """The run's effective settings for TensorBoard's text tab (markdown)."""
+    doc = {**asdict(cfg), "strategy": strategy, "plan": {t: p.to_dict() for t, p in plans.items()}}
+    return "    " + json.dumps(doc, indent=2).replace("\n", "\n    ")
+
+
+def preview_figure(model: OneHeadNet, stream, cfg: RunConfig):
+    """Predictions of ``model`` on a few validation images of every task of the run."""
+    from benchmarks import JointTransform
+
+    from .figures import prediction_figure
+
+    tf = JointTransform(cfg.image_size, train=False, mean=model.mean, std=model.std)
+    return prediction_figure(model, stream.test_sets, stream.classes, tf, per_task=4)
 
 
 def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg: RunConfig, log):
@@ -354,6 +455,7 @@ def extra_matrices(extras: list[dict[str, float]], order: list[str]) -> dict[str
 
 
 RESUME_FILE = "resume.pt"
+EPOCH_FILE = "resume_epoch.pt"
 CLOCK_COUNTERS = ("train_iterations", "total_iterations")
 
 
@@ -361,6 +463,29 @@ def stage_state_file(stage: int) -> str:
     """The state right after ``stage`` (1-based), kept so that a fork can start there
     (experiments/fork_run.py): another remedy after stage 1, another schedule later on."""
     return f"resume_stage{stage}.pt"
+
+
+def save_epoch_state(run_dir: Path, state: dict[str, Any], log=print) -> bool:
+    """``resume_epoch.pt``: the unfinished stage after its latest epoch, through a temporary
+    file.  A failed write is said once per stage and the run goes on (only a stop before the
+    stage ends would lose its epochs)."""
+    tmp = run_dir / f".{EPOCH_FILE}.tmp"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, run_dir / EPOCH_FILE)
+        return True
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if _warned_epoch_state.get(str(run_dir)) != state["stage"]:
+            _warned_epoch_state[str(run_dir)] = state["stage"]
+            reason = getattr(e, "strerror", None) or (str(e).splitlines() or [e.__class__.__name__])[0][:100]
+            log(f"warning: {run_dir / EPOCH_FILE}: could not write the state after epoch {state['epochs_done']} "
+                f"({reason}); a stop before this stage ends would lose its epochs")
+        return False
+
+
+_warned_epoch_state: dict[str, int] = {}
 
 
 def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
@@ -382,8 +507,12 @@ def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[An
                 tmp.unlink(missing_ok=True)
             reason = getattr(e, "strerror", None) or (str(e).splitlines() or [e.__class__.__name__])[0][:100]
             kept = done if name == RESUME_FILE else done - 1
-            then = (f"--resume {run_dir} continues after stage {kept}" if kept
-                    else "no stage is resumable yet: start the run again")
+            if kept:
+                then = f"--resume {run_dir} continues after stage {kept}"
+            elif (run_dir / EPOCH_FILE).is_file():
+                then = f"--resume {run_dir} repeats only the end of stage {done}"
+            else:
+                then = "no stage is resumable yet: start the run again"
             raise OneHeadError(run_dir / name, f"could not write the resume state after stage {done} "
                                f"({reason}); free some space, then {then}") from None
 
@@ -412,10 +541,28 @@ def _read_state(f: Path) -> dict[str, Any]:
     return state
 
 
+def _read_epoch_state(f: Path) -> dict[str, Any]:
+    """``resume_epoch.pt``, loaded safely and checked for the fields continuing a stage reads."""
+    from .errors import OneHeadError
+
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise OneHeadError(f, f"not a readable epoch state ({e.__class__.__name__}: {first})") from None
+    ok = isinstance(state, dict) and all(k in state for k in ("stage", "epochs_done", "model", "optimizer",
+                                                              "parts", "clock", "rng", "seconds"))
+    if not ok or not all(isinstance(state[k], int) and not isinstance(state[k], bool) and state[k] >= 0
+                         for k in ("stage", "epochs_done")):
+        raise OneHeadError(f, "not an epoch state (its 'stage', 'epochs_done', weights or RNG state are missing)")
+    return state
+
+
 def load_resume_state(run_dir: Path, stages: list[str] | None = None) -> dict[str, Any]:
     """The latest resumable state of ``run_dir``: ``resume.pt``, or a later ``resume_stage{i}.pt``
-    when writing ``resume.pt`` after it failed.  With ``stages`` (the run's stage names) the
-    state must fit them and its last stage's checkpoint must be there."""
+    when writing ``resume.pt`` after it failed; under ``"epoch"`` the state of the next stage
+    after its latest epoch (``resume_epoch.pt``), if one was saved.  With ``stages`` (the
+    run's stage names) the state must fit them and its last stage's checkpoint must be there."""
     from .errors import OneHeadError
 
     run_dir = Path(run_dir)
@@ -428,29 +575,57 @@ def load_resume_state(run_dir: Path, stages: list[str] | None = None) -> dict[st
         f = later[-1][1]
         state = _read_state(f)
         done = int(state["progress"]["done"])
+    epoch = _read_epoch_state(run_dir / EPOCH_FILE) if (run_dir / EPOCH_FILE).is_file() else None
+    if epoch is not None and epoch["stage"] != done:  # left over from a stage that has finished since
+        epoch = None
+    if state is None and epoch is None:
+        raise OneHeadError(run_dir, f"nothing to resume: no {RESUME_FILE} or {EPOCH_FILE} "
+                                    "(no epoch finished yet?)")
     if state is None:
-        raise OneHeadError(run_dir, f"nothing to resume: no {RESUME_FILE} (no stage finished yet?)")
+        state = {"progress": {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}, "remedies": {}}
+    state["epoch"] = epoch
     if stages is not None:
         if done > len(stages):
             raise OneHeadError(f, f"resume state says {done} stages finished, the run has {len(stages)}")
-        ckpt = run_dir / f"stage{done}_{stages[done - 1]}.pt"
-        if not ckpt.is_file():
+        if epoch is not None and (done >= len(stages) or epoch.get("task", stages[done]) != stages[done]):
+            raise OneHeadError(run_dir / EPOCH_FILE, f"its stage {epoch['stage'] + 1} is not a stage of this run")
+        ckpt = run_dir / f"stage{done}_{stages[done - 1]}.pt" if done else None
+        if ckpt is not None and not ckpt.is_file():
             raise OneHeadError(ckpt, f"missing: the checkpoint of stage {done}, which {f.name} resumes from")
     return state
 
 
 def restore_progress(state, run_dir: Path, stage_names: list[str], model, strategy, remedies, train_exps,
-                     summary_metric) -> dict[str, Any]:
-    """Weights of the last finished stage, remedy state, Avalanche's experience counter."""
+                     summary_metric, plans: dict[str, StagePlan] | None = None,
+                     num_workers: int = 0) -> dict[str, Any]:
+    """Weights of the last finished stage, remedy state, Avalanche's experience counter.
+
+    Remedy state a resume file does not store (EWC's Fisher information) is computed again
+    at the end of each finished stage, from that stage's checkpoint and its plan."""
     from .checkpoint import read_checkpoint
 
     progress = state["progress"]
     done = int(progress["done"])
-    ckpt = read_checkpoint(run_dir / f"stage{done}_{stage_names[done - 1]}.pt")
-    model.load_state_dict(ckpt["state_dict"])
     for p in remedies:
         if hasattr(p, "restore"):
             p.restore(state["remedies"].get(type(p).__name__, {}), strategy, train_exps[:done])
+    rebuild = [p for p in remedies if hasattr(p, "rebuild_stage")]
+    optimizer = strategy.optimizer
+    try:
+        for t in range(done):
+            if not any(p.needs_rebuild(t) for p in rebuild):
+                continue
+            model.load_state_dict(read_checkpoint(run_dir / f"stage{t + 1}_{stage_names[t]}.pt")["state_dict"])
+            apply_plan(model, (plans or {}).get(stage_names[t], StagePlan()))
+            # as in the stage's own optimizer, every parameter's gradient is cleared between batches
+            strategy.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+            for p in rebuild:
+                p.rebuild_stage(strategy, t, train_exps[t], num_workers=num_workers)
+    finally:
+        strategy.optimizer = optimizer
+    if done:
+        ckpt = read_checkpoint(run_dir / f"stage{done}_{stage_names[done - 1]}.pt")
+        model.load_state_dict(ckpt["state_dict"])
     for k, v in progress.get("clock", {}).items():
         setattr(strategy.clock, k, int(v))
     strategy.clock.train_exp_counter = done

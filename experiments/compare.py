@@ -201,9 +201,9 @@ def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
     folder = out / canonical(strategy)
     if (folder / "metrics.json").is_file():
         print(f"{strategy}: collected {folder}")
-    elif (folder / "resume.pt").is_file():
+    elif any((folder / f).is_file() for f in ("resume.pt", "resume_epoch.pt")):
         run_cli.main(["--resume", str(folder)])
-    else:  # a run killed before its first stage finished is started again
+    else:  # a run killed before its first epoch finished is started again
         again = ["--overwrite"] if (folder / "config.json").is_file() else []
         run_cli.main(["--strategy", strategy, "--out", str(folder), *again, *run_args])
     return load_run(folder)

@@ -15,11 +15,12 @@ from its own seed, so the result equals a run of those settings from scratch
 (the test suite checks both kinds of fork).  The times of the copied stages in
 the new metrics.json are the source's.
 
-The source must be a run folder that finished the stage (it keeps
-``resume_stage<K>.pt``; a finished run from before those files existed works too
-when its remedies keep no per-stage state of their own, e.g. lwf or replay).
-EWC needs the Fisher information of stage 1, so a strategy with ``ewc`` can
-only be forked from a source whose strategy had it.
+The source must be a run folder that finished the stage (it keeps the stage
+checkpoints and ``resume_stage<K>.pt``, a few kilobytes: EWC's Fisher information is
+computed again from the checkpoints; a finished run whose ``resume_stage<K>.pt`` is
+gone works too, its state is then cut back from ``resume.pt``).  EWC needs the
+Fisher information of stage 1, so a strategy with ``ewc`` can only be forked from a
+source whose strategy had it.
 """
 from __future__ import annotations
 
@@ -72,11 +73,13 @@ def stage_state(source: Path, stage: int) -> tuple[Path | None, dict]:
 def truncated_state(source: Path, state: dict, stage: int) -> dict:
     """A later state cut back to ``stage``: the metric rows and stage times of the first
     stages, and remedy state that depends only on them.  Replay refills its memory and
-    LwF takes its teacher from the finished stages, so they need nothing; separate-mode
-    EWC keeps one Fisher per finished task, so the later tasks' entries are dropped.
-    Online EWC merges all tasks into one estimate, which cannot be taken apart."""
+    LwF takes its teacher from the finished stages, so they need nothing; EWC keeps the
+    RNG state of each finished task's Fisher pass (run folders of before: one Fisher per
+    task in separate mode), so the later tasks' entries are dropped.  A stored online-EWC
+    estimate merges all tasks into one, which cannot be taken apart."""
     cfg = json.loads((source / "config.json").read_text())
-    if cfg.get("remedy", {}).get("ewc_mode") == "online":
+    ewc = state["remedies"].get("OneHeadEWC")
+    if ewc and "importances" in ewc and cfg.get("remedy", {}).get("ewc_mode") == "online":
         raise ValueError(f"{source}: online EWC merged the Fisher of later stages into one estimate, and the "
                          f"run kept no state of stage {stage}; it cannot be forked there")
     p = state["progress"]
@@ -86,7 +89,6 @@ def truncated_state(source: Path, state: dict, stage: int) -> dict:
     # Avalanche's iteration counter after that stage was not kept: the TensorBoard x axis
     # of the new stages starts from 0
     remedies = {}
-    ewc = state["remedies"].get("OneHeadEWC")
     if ewc:
         remedies["OneHeadEWC"] = {k: {t: v for t, v in d.items() if int(t) < stage} for k, d in ewc.items()}
     return {"progress": progress, "remedies": remedies}
@@ -125,7 +127,8 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
         raise ValueError(f"--epochs: {', '.join(changed)} is already trained in the first {after_stage} "
                          f"stage(s) of {source}; only {', '.join(order[after_stage:])} can change")
     state_file, state = stage_state(source, after_stage)
-    if "ewc" in parse_strategy(name) and not state["remedies"].get("OneHeadEWC", {}).get("importances"):
+    ewc = state["remedies"].get("OneHeadEWC", {})
+    if "ewc" in parse_strategy(name) and not (ewc.get("importances") or ewc.get("fisher_rng")):
         raise ValueError(f"{source}: its strategy {cfg['strategy']!r} kept no EWC Fisher information of "
                          f"stage 1, so {name!r} cannot start from it; fork from a run with ewc")
     checkpoints = [source / f"stage{i + 1}_{t}.pt" for i, t in enumerate(done_tasks)]

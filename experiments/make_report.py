@@ -323,6 +323,9 @@ class Report:
             if "ewc" not in r["strategy"].split("+") or not (folder / "resume.pt").is_file():
                 continue
             state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=True)["remedies"]["OneHeadEWC"]
+            if "importances" not in state:  # newer run folders keep no Fisher tensors (recomputed on resume)
+                out.update({f"{r['key']}.{k}": "n/a" for k in ("ewc_penalty", "ewc_lambda", "stage2_loss")})
+                continue
             fisher, star = state["importances"][0], state["saved_params"][0]
             after = torch.load(folder / f"stage2_{self.tasks[1]}.pt", map_location="cpu",
                                weights_only=True)["state_dict"]

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", default=None,
                    help="epochs per stage: N, or seg=N,det=N,cls=N (default 8; 2 on the synthetic benchmark)")
     p.add_argument("--image-size", type=int_flag(check.image_size), default=512,
-                   help=f"input size, a multiple of {check.MAX_STRIDE} (default 512)")
+                   help=f"input size, a multiple of {check.MAX_STRIDE} (default 512; 128 on the synthetic "
+                        "benchmark)")
     p.add_argument("--backbone", type=check.flag_type(check.backbone), default="efficientnet_lite0",
                    help="timm model name")
     p.add_argument("--no-pretrained", action="store_true", help="random initialisation")
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
+SMOKE_IMAGE_SIZE = 128  # the synthetic benchmark's own image size
 REMEDY_FLAGS = ("ewc_lambda", "ewc_mode", "ewc_decay", "replay_mem_per_task", "replay_per_step",
                 "lwf_alpha", "lwf_temperature", "kd_weight")
 
@@ -196,7 +198,7 @@ def check_data_before_run(cfg) -> None:
 
 def run_in_new_folder(cfg, run, clear: bool = False):
     """``run(cfg)`` into a new (or, with ``clear``, emptied) folder; a run that fails before any
-    stage finished leaves nothing behind."""
+    epoch finished (no resume state) leaves nothing behind."""
     from avalanche_onehead.errors import OneHeadError
     from benchmarks import DatasetError
 
@@ -208,7 +210,7 @@ def run_in_new_folder(cfg, run, clear: bool = False):
     try:
         return run(cfg)
     except (DatasetError, OneHeadError, ValueError, OSError):
-        if out.is_dir() and not any(out.glob("resume*.pt")):  # no finished stage to resume from
+        if out.is_dir() and not any(out.glob("resume*.pt")):  # no finished epoch or stage to resume from
             if existed:
                 for entry in out.iterdir():
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
@@ -254,6 +256,9 @@ def make_config(args):
     except ValueError as e:
         raise SettingError("--strategy" if "strategy" in given else f"{path}: 'strategy'", str(e)) from None
     synthetic = resolve_data_root(settings["data_root"], settings["seed"]).synthetic
+    if synthetic and not args.config and "image_size" not in given:
+        # the synthetic benchmark is a smoke test: its images are drawn at 128 px, larger only costs time
+        settings["image_size"] = SMOKE_IMAGE_SIZE
     if "epochs" in given or "epochs" not in settings or (synthetic and not args.config):
         # the synthetic benchmark is a smoke test: 2 epochs unless asked otherwise
         settings["epochs"] = parse_epochs(args.epochs or ("2" if synthetic else "8"), order)

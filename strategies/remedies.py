@@ -36,19 +36,56 @@ def current_task(strategy) -> str:
 
 
 class OneHeadEWC(EWCPlugin):
-    """Stock EWC (its penalty is added in ``before_backward``); resumable."""
+    """Stock EWC (its penalty is added in ``before_backward``); resumable.
+
+    Its state is two model-sized tensors per finished task.  The weights it keeps are
+    those of each stage's checkpoint, and the Fisher pass is a fixed computation on
+    them, so a resume state holds only the RNG state each pass started from: a resumed
+    run recomputes the same estimates (:meth:`rebuild_stage`) instead of storing them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fisher_rng: dict[int, dict[str, Any]] = {}
+        self._rebuild: dict[int, dict[str, Any]] = {}
+
+    def after_training_exp(self, strategy, **kwargs):
+        from avalanche_onehead.plugins import rng_state
+
+        self.fisher_rng[int(strategy.clock.train_exp_counter)] = rng_state()
+        super().after_training_exp(strategy, **kwargs)
 
     def resume_state(self) -> dict[str, Any]:
-        pack = lambda d: {int(t): {k: p.data.clone() for k, p in ps.items()} for t, ps in d.items()}  # noqa: E731
-        return {"saved_params": pack(self.saved_params), "importances": pack(self.importances)}
+        return {"fisher_rng": dict(self.fisher_rng)}
 
     def restore(self, state: dict[str, Any], strategy, finished) -> None:
-        for attr in ("saved_params", "importances"):
+        self.saved_params.clear()
+        self.importances.clear()
+        self.fisher_rng = {int(t): s for t, s in state.get("fisher_rng", {}).items()}
+        self._rebuild = dict(self.fisher_rng)
+        for attr in ("saved_params", "importances"):  # the tensors themselves (run folders of before)
             target = getattr(self, attr)
-            target.clear()
-            for t, ps in state[attr].items():
+            for t, ps in state.get(attr, {}).items():
                 target[int(t)] = {k: ParamData(k, v.shape, init_tensor=v.clone(), device=v.device)
                                   for k, v in ps.items()}
+
+    def needs_rebuild(self, index: int) -> bool:
+        return index in self._rebuild
+
+    def rebuild_stage(self, strategy, index: int, experience, **kwargs) -> None:
+        """What :meth:`after_training_exp` computed at the end of finished stage ``index``,
+        again: the model must hold that stage's final weights (its checkpoint) and plan."""
+        from avalanche_onehead.plugins import set_rng_state
+
+        if index not in self._rebuild:
+            return
+        before = strategy.experience, strategy.clock.train_exp_counter
+        strategy.experience, strategy.clock.train_exp_counter = experience, index
+        strategy.model.to(strategy.device)
+        try:
+            set_rng_state(self._rebuild.pop(index))
+            self.after_training_exp(strategy, **kwargs)
+        finally:
+            strategy.experience, strategy.clock.train_exp_counter = before
 
 
 class TaskBudgetReplay(ReplayPlugin):

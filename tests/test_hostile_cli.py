@@ -415,9 +415,22 @@ def test_disk_full_on_resume_pt_keeps_the_finished_stage_resumable(run_cli, synt
 def test_disk_full_on_the_first_state_file_leaves_nothing(run_cli, synthetic_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     argv = ["--data-root", str(synthetic_root), "--out", str(out), "--tasks", "seg", *TINY]
-    _disk_full_at(monkeypatch, ".resume_stage1.pt")
+    _disk_full_at(monkeypatch, ".resume_")  # the epoch states and the first stage state
     one_error(capsys, lambda: run_cli.main(argv), "resume_stage1.pt", "No space left", "start the run again")
     assert not out.exists()  # nothing resumable was left, so nothing at all is
+
+
+def test_disk_full_after_the_last_epoch_repeats_only_the_end_of_the_stage(run_cli, synthetic_root, tmp_path, capsys,
+                                                                          monkeypatch):
+    out = tmp_path / "run"
+    argv = ["--data-root", str(synthetic_root), "--out", str(out), "--tasks", "seg", *TINY]
+    with monkeypatch.context() as mp:
+        _disk_full_at(mp, ".resume_stage1.pt")
+        one_error(capsys, lambda: run_cli.main(argv), "resume_stage1.pt", "No space left",
+                  "repeats only the end of stage 1")
+    assert (out / "resume_epoch.pt").is_file()
+    assert run_cli.main(["--resume", str(out), "--no-progress"]) == 0
+    assert (out / "metrics.json").is_file() and not (out / "resume_epoch.pt").exists()
 
 
 # ---------------------------------------------------------------------------------------------

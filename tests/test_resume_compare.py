@@ -1,11 +1,13 @@
 """End to end on the synthetic benchmark: run folder contents, resume after a kill, compare.py.
 
-One uninterrupted ``ewc+replay+lwf`` run (A) and the same run (B) killed in the
-middle of stage 2 and resumed in a fresh process; both are tiny (64 px, 6 images
-per split, batches of 2, one epoch, random init) and shared by all tests here.
+One uninterrupted ``ewc+replay+lwf`` run (A) and the same run (B) stopped by a Ctrl-C in
+the second epoch of stage 2 and resumed in a fresh process; both are tiny (64 px, 6 images
+per split, batches of 2, 1/2/1 epochs, random init) and shared by all tests here.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -25,7 +27,8 @@ from avalanche_onehead.plugins import WarmupCosinePlugin
 REPO = Path(__file__).resolve().parents[1]
 STRATEGY = "ewc+replay+lwf"
 ORDER = ["seg", "det", "cls"]
-RUN_ARGS = ["--strategy", STRATEGY, "--image-size", "64", "--epochs", "1", "--max-images", "6",
+EPOCHS = "seg=1,det=2,cls=1"
+RUN_ARGS = ["--strategy", STRATEGY, "--image-size", "64", "--epochs", EPOCHS, "--max-images", "6",
             "--batch-size", "2", "--workers", "0", "--no-pretrained", "--no-progress", "--device", "cpu"]
 
 
@@ -52,23 +55,26 @@ def runs(tmp_path_factory, synthetic_root, run_cli):
     args = [*RUN_ARGS, "--data-root", str(synthetic_root)]
     assert run_cli.main([*args, "--out", str(a)]) == 0
 
-    # B: the same run, killed after two of the three iterations of stage 2 (what is on disk is
-    # then exactly what a kill -9 leaves: stage 1's checkpoint and resume state, nothing of stage 2)
+    # B: the same run, stopped by a Ctrl-C in the second iteration of the second epoch of stage 2
+    # (3 iterations per epoch): what is on disk is then what a kill -9 there leaves, stage 1's
+    # checkpoint and resume state and the state of stage 2 after its first epoch
     original = WarmupCosinePlugin.after_training_iteration
 
     def killed(self, strategy, **kwargs):
-        if strategy.clock.train_exp_counter == 1 and self.step >= 1:
+        if strategy.clock.train_exp_counter == 1 and strategy.clock.train_exp_epochs == 1 and self.step >= 4:
             raise KeyboardInterrupt
         return original(self, strategy, **kwargs)
 
-    with pytest.MonkeyPatch.context() as mp:
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
         mp.setattr(WarmupCosinePlugin, "after_training_iteration", killed)
         with pytest.raises(SystemExit) as exit_info:
             run_cli.main([*args, "--out", str(b)])
     interrupted = SimpleNamespace(
-        code=exit_info.value.code, files={p.name for p in b.iterdir()},
+        code=exit_info.value.code, files={p.name for p in b.iterdir()}, stderr=err.getvalue(),
         events={p.name for p in (b / "tb").iterdir()},
-        state=torch.load(b / "resume.pt", map_location="cpu", weights_only=True))
+        state=torch.load(b / "resume.pt", map_location="cpu", weights_only=True),
+        epoch=torch.load(b / "resume_epoch.pt", map_location="cpu", weights_only=True))
 
     # resumed in a fresh process, like after a real kill
     resumed = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "--resume", str(b),
@@ -103,7 +109,7 @@ def test_metrics_json_summary_is_consistent(runs):
     assert m["AvgMetric"] == pytest.approx(sum(mat[-1]) / 3)
     assert len(m["mAP50_matrix"]) == 3 and m["final_mAP50"] == m["mAP50_matrix"][-1]
     assert set(m["stage_seconds"]) == set(ORDER) and m["train_seconds"] > 0
-    assert m["synthetic"] is True and m["epochs"] == {t: 1 for t in ORDER}
+    assert m["synthetic"] is True and m["epochs"] == {"seg": 1, "det": 2, "cls": 1}
     # every stage trained: the weights move from one stage checkpoint to the next
     s1, s2, s3 = (_state(a / f) for f in ("stage1_seg.pt", "stage2_det.pt", "stage3_cls.pt"))
     assert not torch.equal(s1["head.2.weight"], s2["head.2.weight"])
@@ -135,15 +141,66 @@ def test_tensorboard_has_scalars_and_the_matrix_image(runs):
     assert [s.step for s in shots] == sorted({s.step for s in shots})  # the step axis moves on
 
 
+def test_tensorboard_has_iteration_losses_rates_class_names_predictions_and_settings(runs):
+    from tensorboard.backend.event_processing.event_accumulator import (
+        IMAGES,
+        SCALARS,
+        TENSORS,
+        EventAccumulator,
+    )
+
+    ea = EventAccumulator(str(runs.a / "tb"), size_guidance={IMAGES: 0, SCALARS: 0, TENSORS: 0})
+    ea.Reload()
+    tags = ea.Tags()
+    scalars = tags["scalars"]
+    losses = ea.Scalars("Loss_iter/train")
+    assert len(losses) == 3 + 6 + 3 and [e.step for e in losses] == list(range(12))  # one per iteration
+    assert {"Loss_iter/seg/ce", "Loss_iter/cls/ce"} <= set(scalars)
+    assert any(t.startswith("Loss_iter/det/") for t in scalars)
+    rates = [t for t in scalars if t.startswith("LR/")]
+    assert "LR/backbone" in rates and len(rates) >= 3
+    assert all(math.isfinite(e.value) and e.value >= 0 for e in ea.Scalars("LR/backbone"))
+    # per-class values by class name, not by index
+    per_class = [t for t in scalars if re.match(r"(IoU|AP|Acc)/", t)]
+    assert per_class and not [t for t in per_class if re.match(r"(IoU|AP|Acc)/\d+/", t)], per_class[:5]
+    assert "IoU/background/eval_phase/test_stream/Task000/Exp000" in scalars
+    shots = ea.Images("Predictions/val")
+    assert len(shots) == 3 and all(s.encoded_image_string[:4] == b"\x89PNG" and s.width > 300 for s in shots)
+    settings = ea.Tensors("settings/text_summary")
+    text = settings[0].tensor_proto.string_val[0].decode()
+    assert json.loads(text)["strategy"] == STRATEGY and json.loads(text)["epochs"]["det"] == 2
+
+
+def test_the_run_ends_with_a_summary_and_the_eval_command(runs, synthetic_root):
+    out = runs.resumed.stdout
+    lines = out[out.index("== summary"):].splitlines()
+    m = _metrics(runs.b)
+    assert "seg mIoU" in lines[1] and "det mAP" in lines[1] and "cls Top-1" in lines[1]
+    for row, (stage, values) in zip(lines[2:5], zip(ORDER, m["matrix"]), strict=True):
+        assert row.split()[:2] == ["after", stage] and [float(v) for v in row.split()[2:]] == \
+            pytest.approx(values, abs=1e-4)
+    assert lines[5].split()[:3] == ["drop", "vs", "base"] and "(bar 5 %)" in lines[6]
+    assert any(ln.strip().startswith("training time") for ln in lines)
+    assert lines[-1].strip() == (f"evaluate: python eval.py --weights {runs.b / 'model.pt'} "
+                                 f"--data_root {synthetic_root} --tasks all")
+    assert any("test_stream" in ln and "validation split" in ln for ln in out.splitlines()[:12])
+
+
 # ---------------------------------------------------------------------------------------------
 # resume
 # ---------------------------------------------------------------------------------------------
 
-def test_a_killed_run_leaves_only_finished_stages(runs):
+def test_a_stopped_run_leaves_its_finished_stages_and_epochs(runs):
     it = runs.interrupted
     assert it.code == 130
-    assert {"config.json", "resume.pt", "stage1_seg.pt"} <= it.files
+    lines = [ln for ln in it.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: continue with: python ") \
+        and lines[0].endswith(f"run.py --resume {runs.b}"), lines
+    assert {"config.json", "resume.pt", "stage1_seg.pt", "resume_epoch.pt"} <= it.files
     assert not it.files & {"stage2_det.pt", "stage3_cls.pt", "model.pt", "metrics.json"}
+    assert it.epoch["stage"] == 1 and it.epoch["task"] == "det" and it.epoch["epochs_done"] == 1
+    assert it.epoch["clock"]["train_iterations"] == 6 and it.epoch["parts"]["warmup"]["step"] == 3
+    assert it.epoch["optimizer"]["state"]  # AdamW's moments, not a fresh optimizer
     progress = it.state["progress"]
     assert progress["done"] == 1 and len(progress["matrix"]) == 1
     assert progress["matrix"][0] == _metrics(runs.a)["matrix"][0]
@@ -155,7 +212,8 @@ def test_a_killed_run_leaves_only_finished_stages(runs):
 def test_resume_reproduces_the_uninterrupted_run(runs):
     res = runs.resumed
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "resuming" in res.stdout and "after stage 1" in res.stdout
+    assert "resuming" in res.stdout and "in stage 2 (det) after epoch 1/2" in res.stdout
+    assert not (runs.b / "resume_epoch.pt").exists()  # the finished stages' states supersede it
     ma, mb = _metrics(runs.a), _metrics(runs.b)
     for key in ("matrix", "mAP50_matrix"):
         for ra, rb in zip(ma[key], mb[key], strict=True):
@@ -167,14 +225,16 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
         assert sa.keys() == sb.keys()
         worst = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel())
         assert worst <= 1e-6, (name, worst)
-    # the remedies' final state is the same too
+    # the remedies' final state is the same too; EWC keeps only the RNG state of each Fisher pass
+    # (its Fisher of stage 1 was computed again in the resumed process: with lambda = 1e5 a
+    # different one would have moved the weights of stages 2 and 3 far beyond 1e-6)
     ra, rb = (torch.load(d / "resume.pt", map_location="cpu", weights_only=True)["remedies"] for d in (runs.a, runs.b))
     assert rb["PreviousModel"] == ra["PreviousModel"] == {"trained": ORDER}
-    for part in ("importances", "saved_params"):
-        ea, eb = ra["OneHeadEWC"][part], rb["OneHeadEWC"][part]
-        assert sorted(ea) == sorted(eb) == [0, 1, 2]
-        for t in ea:
-            assert all(torch.allclose(ea[t][k], eb[t][k], rtol=1e-5, atol=1e-7) for k in ea[t]), (part, t)
+    assert json.loads((runs.a / "config.json").read_text())["remedy"]["ewc_lambda"] == 1e5
+    ea, eb = ra["OneHeadEWC"], rb["OneHeadEWC"]
+    assert set(ea) == {"fisher_rng"} and sorted(ea["fisher_rng"]) == sorted(eb["fisher_rng"]) == [0, 1, 2]
+    for t in ea["fisher_rng"]:
+        assert torch.equal(ea["fisher_rng"][t]["torch"], eb["fisher_rng"][t]["torch"])
 
 
 def test_resumed_run_continues_the_logged_step_axis(runs):
@@ -194,6 +254,39 @@ def test_resumed_run_continues_the_logged_step_axis(runs):
     full = steps(runs.a / "tb")
     assert len(full) == 3 and full == sorted(full) and full[0] > 0
     assert steps(new[0]) == full[1:]
+
+
+def test_a_stop_in_the_first_stage_resumes_to_the_same_weights(synthetic_root, run_cli, tmp_path, capsys):
+    """The case of a long first stage: nothing had finished but epochs."""
+    args = ["--strategy", "naive", "--tasks", "seg", "--epochs", "2", "--image-size", "64", "--max-images", "6",
+            "--batch-size", "2", "--workers", "0", "--no-pretrained", "--no-progress", "--device", "cpu",
+            "--data-root", str(synthetic_root)]
+    full, stopped, early = tmp_path / "full", tmp_path / "stopped", tmp_path / "early"
+    assert run_cli.main([*args, "--out", str(full)]) == 0
+    original = WarmupCosinePlugin.after_training_iteration
+
+    def stop_at(epoch: int):
+        def stop(self, strategy, **kwargs):
+            if strategy.clock.train_exp_epochs == epoch:
+                raise KeyboardInterrupt
+            return original(self, strategy, **kwargs)
+        return stop
+
+    capsys.readouterr()
+    for out, epoch in ((early, 0), (stopped, 1)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(WarmupCosinePlugin, "after_training_iteration", stop_at(epoch))
+            with pytest.raises(SystemExit) as e:
+                run_cli.main([*args, "--out", str(out)])
+        assert e.value.code == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 2 and "nothing to resume" in err[0] and err[1].endswith(f"--resume {stopped}"), err
+    assert (stopped / "resume_epoch.pt").is_file() and not (stopped / "resume.pt").exists()
+    assert run_cli.main(["--resume", str(stopped), "--no-progress"]) == 0
+    assert "in stage 1 (seg) after epoch 1/2" in capsys.readouterr().out
+    assert _metrics(stopped)["matrix"][0] == pytest.approx(_metrics(full)["matrix"][0], abs=1e-6)
+    sa, sb = _state(full / "model.pt"), _state(stopped / "model.pt")
+    assert max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel()) <= 1e-6
 
 
 def test_resume_needs_a_run_folder_with_state(runs, run_cli, tmp_path, capsys):
@@ -335,7 +428,7 @@ def test_fork_after_stage_two_with_a_longer_last_stage_equals_a_run_from_scratch
                                                                                    synthetic_root):
     fork_cli = load_script("experiments/fork_run.py")
     scratch = tmp_path / "scratch"
-    args = [a if a != "1" else "seg=1,det=1,cls=2" for a in RUN_ARGS]
+    args = [a if a != EPOCHS else "seg=1,det=2,cls=2" for a in RUN_ARGS]
     assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
     # a source without the stage-2 state file (a run from before they were kept): derived from its final state
     old = tmp_path / "old-source"
@@ -347,7 +440,7 @@ def test_fork_after_stage_two_with_a_longer_last_stage_equals_a_run_from_scratch
         assert fork_cli.main([str(source), str(forked), "--after-stage", "2", "--epochs", "cls=2",
                               "--no-progress"]) == 0
         mf = _metrics(forked)
-        assert mf["epochs"] == {"seg": 1, "det": 1, "cls": 2} and mf["strategy"] == STRATEGY
+        assert mf["epochs"] == {"seg": 1, "det": 2, "cls": 2} and mf["strategy"] == STRATEGY
         for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
             assert rf == pytest.approx(rs, abs=1e-6)
         sf = _state(forked / "model.pt")

@@ -65,6 +65,8 @@ def test_no_config_means_the_tuned_default_recipe(run_cli, synthetic_root):
     assert cfg.strategy == default["strategy"] and cfg.lr == default["lr"]
     assert cfg.remedy == default["remedy"] and cfg.model == default["model"]
     assert cfg.epochs == {"seg": 2, "det": 2, "cls": 2}  # the synthetic benchmark stays a smoke test
+    assert cfg.image_size == 128  # at the synthetic images' own size
+    assert config_of(run_cli, ["--data-root", str(synthetic_root), "--image-size", "256"]).image_size == 256
 
 
 def test_a_flag_equal_to_its_default_still_beats_the_config(run_cli, synthetic_root):
