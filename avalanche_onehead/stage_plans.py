@@ -55,11 +55,13 @@ class StagePlan:
 
 
 def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str, StagePlan]:
-    """Every task of the run gets its plan (the default plan where the recipe names none)."""
-    unknown = [t for t in plan if t not in order]
+    """Every task of the run gets its plan (the default plan where the recipe names none); a
+    recipe's plans for tasks this run leaves out (``--tasks det``) are not used."""
+    from .tasks import TASKS
+
+    unknown = [t for t in plan if t not in TASKS]
     if unknown:
-        raise ValueError(f"stage plan for task(s) {', '.join(unknown)} that the run does not train "
-                         f"({', '.join(order)})")
+        raise ValueError(f"stage plan for unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     return {t: StagePlan.from_dict(plan.get(t, {})) for t in order}
 
 

@@ -88,8 +88,9 @@ def test_plans_validate_and_decide_the_cache():
         StagePlan(views=0)
     with pytest.raises(ValueError, match="unknown stage plan setting"):
         StagePlan.from_dict({"epochz": 3})
-    with pytest.raises(ValueError, match="does not train"):
+    with pytest.raises(ValueError, match="unknown task"):
         resolve_plans({"depth": {}}, ["seg", "det"])
+    assert list(resolve_plans({"seg": FROZEN, "cls": FROZEN}, ["cls"])) == ["cls"]  # a single-task run
     plans = resolve_plans({"seg": FROZEN}, ["seg", "det"])
     assert plans["det"].train == ["backbone", "neck", "head", "output"]
     assert not uses_cache(plans)
