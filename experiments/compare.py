@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py, which compare drives
 
 
 def load_run(folder: Path) -> dict:
@@ -210,5 +211,4 @@ def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

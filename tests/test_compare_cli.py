@@ -33,8 +33,9 @@ def compare(monkeypatch):
     return mod
 
 
-def test_the_help_example_passes_run_options_through(compare, tmp_path, monkeypatch, capsys):
+def test_the_help_example_passes_run_options_through(compare, tmp_path, monkeypatch, capsys, synthetic_root):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(synthetic_root)  # compare checks every run's settings before training
     assert compare.main(["--strategies", "naive,ewc,lwf,replay,ewc+replay", "--data-root", "data"]) == 0
     assert [c[0] for c in compare.calls] == ["naive", "ewc", "lwf", "replay", "ewc+replay"]
     assert all(c[2] == ["--data-root", "data"] for c in compare.calls)
@@ -42,7 +43,10 @@ def test_the_help_example_passes_run_options_through(compare, tmp_path, monkeypa
     assert out.parent == Path("runs") and out.name.startswith("compare-") and (out / "comparison.md").is_file()
 
 
-def test_out_is_honoured_and_options_after_the_separator_go_to_run(compare, tmp_path):
+def test_out_is_honoured_and_options_after_the_separator_go_to_run(compare, tmp_path, monkeypatch,
+                                                                    synthetic_root):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").symlink_to(synthetic_root)
     out = tmp_path / "cmp"
     assert compare.main(["--strategies", "naive,ewc", "--out", str(out), "--", "--epochs", "2",
                          "--data-root", "d"]) == 0

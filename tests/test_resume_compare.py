@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 STRATEGY = "ewc+replay+lwf"
 ORDER = ["seg", "det", "cls"]
 EPOCHS = "seg=1,det=2,cls=1"
-RUN_ARGS = ["--strategy", STRATEGY, "--image-size", "64", "--epochs", EPOCHS, "--max-images", "6",
+# the live-image recipe (one view per image, no feature cache), so that the iteration counts below
+# are those of 6 images in batches of 2
+RUN_ARGS = ["--config", str(REPO / "experiments" / "configs" / "finetune-ewc-lwf.json"), "--strategy", STRATEGY, "--image-size", "64", "--epochs", EPOCHS, "--max-images", "6",
             "--batch-size", "2", "--workers", "0", "--no-pretrained", "--no-progress", "--device", "cpu"]
 
 
