@@ -27,7 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .backbones import LITE0, create_backbone
 from .detection import DetectionConfig
 from .feature_cache import BackboneFeatures
-from .tasks import TASKS
+from .tasks import TASKS, decode_batch
 
 
 @dataclass
@@ -210,12 +210,8 @@ class OneHeadNet(nn.Module):
                 tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Per image: ``{"det": Detections (xyxy, ORIGINAL pixels), "seg": (H, W) class ids at
         the original size, "cls": class probabilities}``.  ``original_sizes`` are (h, w)."""
-        out = self(images)
-        n = images.shape[0]
-        sizes = original_sizes or [tuple(images.shape[-2:])] * n
-        det_cfg = self.cfg.det_cfg
-        return [{t: TASKS[t].decode(out[t][i], tuple(sizes[i]), det_cfg) for t in (tasks or self.task_order)}
-                for i in range(n)]
+        return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.cfg.det_cfg,
+                            tasks or self.task_order)
 
 
 def fold_batchnorm(module: nn.Module) -> int:

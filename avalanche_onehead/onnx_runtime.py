@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .errors import CheckpointError
 from .model import ModelConfig, OneHeadOutput
-from .tasks import TASKS
+from .tasks import decode_batch
 
 
 def create_session(path: str | Path, threads: int | None = None):
@@ -85,12 +85,8 @@ class OnnxModel:
     def predict(self, images: Tensor, original_sizes: Sequence[tuple[int, int]] | None = None,
                 tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Same as ``OneHeadNet.predict``: the task registry's decoding on the raw outputs."""
-        out = self(images)
-        n = images.shape[0]
-        sizes = original_sizes or [tuple(images.shape[-2:])] * n
-        det_cfg = self.cfg.det_cfg
-        return [{t: TASKS[t].decode(out[t][i], tuple(sizes[i]), det_cfg) for t in (tasks or self.task_order)}
-                for i in range(n)]
+        return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.cfg.det_cfg,
+                            tasks or self.task_order)
 
 
 def is_onnx(path: str | Path) -> bool:

@@ -163,6 +163,14 @@ TARGET_TYPES = {"seg": SegTarget, "det": DetTarget, "cls": ClsTarget}
 DEFAULT_ORDER = ("seg", "det", "cls")
 
 
+def decode_batch(out, image_hw: Sequence[int], n: int, original_sizes, det_cfg: DetectionConfig,
+                 tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """Raw outputs of ``n`` images -> per image ``{task: prediction}`` in ORIGINAL pixels
+    (``original_sizes`` (h, w) per image; the network-input size when not given)."""
+    sizes = original_sizes or [tuple(image_hw)] * n
+    return [{t: TASKS[t].decode(out[t][i], tuple(sizes[i]), det_cfg) for t in tasks} for i in range(n)]
+
+
 def task_of_label(label: int) -> str:
     """Task name of an Avalanche task label."""
     for name, spec in TASKS.items():
