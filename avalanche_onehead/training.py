@@ -212,8 +212,7 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
     remedies = build_plugins(remedy_name, options)
     train_exps = list(benchmark.train_stream)
     stages = stage_plan(cfg, train_exps)
-    stage_progress = StageProgress([(name, epochs * (sum(len(e.dataset) for e in exp) if isinstance(exp, list)
-                                                     else len(exp.dataset))) for name, exp, epochs in stages], log)
+    stage_progress = StageProgress([(name, epochs * stage_size(exp)) for name, exp, epochs in stages], log)
     template = JointTraining if cfg.joint else Naive
     warmup = WarmupCosinePlugin()
     at = {"stage": 0, "task": "", "t0": 0.0, "seconds": 0.0}  # the stage being trained, for its epoch states
@@ -265,7 +264,7 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
                   if plan.head_warmup_epochs and task in model.output_slices() else [])
         strategy.plugins.extend(warmup)
         # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
-        size = sum(len(e.dataset) for e in exp) if isinstance(exp, list) else len(exp.dataset)
+        size = stage_size(exp)
         try:
             strategy.train(exp, reset_optimizer_state=True, drop_last=size >= cfg.batch_size, **loader_kw)
         finally:
@@ -430,6 +429,11 @@ def cached_or_built(cache_dir: str | None, key: dict[str, Any], build, log):
     views = build()
     save_views(views, path)
     return views
+
+
+def stage_size(exp) -> int:
+    """Training items of a stage: one experience, or the joint stage's list of them."""
+    return sum(len(e.dataset) for e in exp) if isinstance(exp, list) else len(exp.dataset)
 
 
 def stage_plan(cfg: RunConfig, train_exps: list) -> list[tuple[str, Any, int]]:
