@@ -270,7 +270,7 @@ def _remedy_rules() -> Rule:
         "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
         "replay_per_step": whole(1, MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
         "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
-        "kd_weight": number(0), "num_tasks": whole(1), "seed": whole(0)})
+        "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)})
 
 
 RUN_RULES: dict[str, Rule] = {

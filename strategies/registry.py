@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from avalanche_onehead.settings import from_known_fields
 
+from .anchor import PretrainedAnchor
 from .remedies import FeatureKD, LwFDistillation, OneHeadEWC, PreviousModel, TaskBudgetReplay
 
 
@@ -24,6 +25,7 @@ class RemedyOptions:
     lwf_temperature: float = 2.0
     lwf_det_threshold: float = 0.3
     kd_weight: float = 1.0
+    anchor_weight: float = 1.0
     num_tasks: int = 3
     seed: int = 0
 
@@ -64,6 +66,10 @@ def _kd(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
     return [FeatureKD(shared.previous_model(plugins), o.kd_weight)]
 
 
+def _anchor(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
+    return [PretrainedAnchor(o.anchor_weight)]
+
+
 @dataclass(frozen=True)
 class Remedy:
     name: str
@@ -83,6 +89,8 @@ REMEDIES: dict[str, Remedy] = {
         Remedy("lwf", "Learning without Forgetting on dense outputs: distil the earlier tasks' output "
                       "channels from the previous model (lwf_alpha, lwf_temperature)", _lwf),
         Remedy("kd", "feature distillation: MSE to the previous model's neck features (kd_weight)", _kd),
+        Remedy("anchor", "pretrained-feature anchor: MSE of the pooled neck features to the untrained "
+                         "model's, in every stage, on the current images (anchor_weight)", _anchor),
     )
 }
 
