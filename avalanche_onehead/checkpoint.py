@@ -1,8 +1,10 @@
 """Self-contained checkpoints: one file, loadable with ``torch.load(weights_only=True)``.
 
-It holds the weights, the model config, class lists, the COCO category-id map,
-the normalisation, the input size, where the data came from and how it was
-trained; nothing else is needed to rebuild and evaluate the model.
+It holds the weights, the model config, class lists and their keys (the COCO category
+ids of detection's classes, the folder names of classification's), the normalisation,
+the input size, where the data came from and how it was trained; nothing else is
+needed to rebuild and evaluate the model.  (Checkpoints written before also hold
+``category_ids``, a copy of detection's class keys, which loading ignores.)
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ VERSION = 1
 
 
 def save_checkpoint(path: str | Path, model: OneHeadNet, *, classes: dict[str, list[str]],
-                    class_keys: dict[str, list[str]] | None = None, category_ids: list[int] | None = None,
+                    class_keys: dict[str, list[str]] | None = None,
                     image_size: int = 512, data: dict[str, Any] | None = None,
                     provenance: dict[str, Any] | None = None) -> Path:
     """Write atomically (temporary file + rename): a crash never leaves half a checkpoint."""
@@ -34,7 +36,6 @@ def save_checkpoint(path: str | Path, model: OneHeadNet, *, classes: dict[str, l
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "classes": {k: list(v) for k, v in classes.items()},
         "class_keys": {k: list(v) for k, v in (class_keys or {}).items()},
-        "category_ids": [int(c) for c in (category_ids or [])],
         "normalization": {"mean": list(model.mean), "std": list(model.std)},
         "image_size": int(image_size),
         "data": dict(data or {}),
@@ -106,9 +107,6 @@ def check_payload(payload: dict[str, Any], path: Path) -> None:
     keys = payload.get("class_keys", {})
     if not (isinstance(keys, dict) and all(isinstance(v, list) for v in keys.values())):
         bad("class_keys", "is not a dictionary of lists")
-    cats = payload.get("category_ids", [])
-    if not (isinstance(cats, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in cats)):
-        bad("category_ids", "is not a list of whole numbers")
     for key in ("data", "provenance"):
         if not isinstance(payload.get(key, {}), dict):
             bad(key, "is not a dictionary")

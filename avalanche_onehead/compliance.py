@@ -92,8 +92,8 @@ def measure_latency(model: Any, size: int = 512, runs: int = 30, warmup: int = 5
     full = timed(lambda: model.predict(x, [orig_size]))
     network = timed(lambda: model(x))
     raw = model(x)
-    det_cfg = model.cfg.det_cfg
-    post = {t: statistics.median(timed(lambda t=t: TASKS[t].decode(raw[t][0], orig_size, det_cfg)))
+    settings = model.task_settings
+    post = {t: statistics.median(timed(lambda t=t: TASKS[t].decode(raw[t][0], orig_size, **settings[t])))
             for t in model.task_order}
     runtime = getattr(model, "runtime", "pytorch")
     threads = getattr(model, "threads", None) or torch.get_num_threads()

@@ -15,6 +15,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .targets import collate_onehead
 from .tasks import TASKS
 
 
@@ -50,16 +51,17 @@ class TaskMetric(PluginMetric[float]):
     Reads ``strategy.mb_output`` and ``strategy.mb_y`` (a ``TaskBatch``) after
     every eval iteration; experiences without samples of its task emit nothing.
     Values are plain Python floats; per-class values are named by class
-    (``IoU/person``) when ``class_names`` are given.
+    (``IoU/person``) when ``class_names`` are given.  ``settings`` are the task's own
+    (``OneHeadNet.task_settings[task]``, e.g. detection's decoding settings).
     """
 
     def __init__(self, task: str, num_classes: int | None = None, class_names: list[str] | None = None,
-                 **evaluator_kwargs: Any):
+                 **settings: Any):
         super().__init__()
         self.task = task
         self.class_names = list(class_names) if class_names else None
         self.spec = TASKS[task]
-        self.evaluator = self.spec.make_evaluator(num_classes or self.spec.num_classes, **evaluator_kwargs)
+        self.evaluator = self.spec.make_evaluator(num_classes or self.spec.num_classes, **settings)
         self.seen = 0
         self.last: dict[str, float] = {}
 
@@ -97,11 +99,10 @@ class TaskMetric(PluginMetric[float]):
 @torch.no_grad()
 def evaluate_dataset(model, dataset, task: str, batch_size: int = 8, device: str = "cpu",
                      num_workers: int = 0, evaluator=None, progress: bool = True) -> dict[str, float]:
-    """Run ``model`` over a reader of ``task`` and return its evaluator's ``compute()``."""
-    from .targets import collate_onehead
-
+    """Run ``model`` over a reader of ``task`` and return its evaluator's ``compute()``; the
+    evaluator decodes with the model's own settings for the task."""
     spec = TASKS[task]
-    evaluator = evaluator or spec.make_evaluator(spec.num_classes)
+    evaluator = evaluator or spec.make_evaluator(spec.num_classes, **model.task_settings.get(task, {}))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_onehead)
     model.eval()
@@ -178,8 +179,6 @@ def summary_document(matrix: list[list[float]], order: list[str], strategy: str 
     """The metrics.json-style summary of a (possibly partial) matrix: baseline = the
     diagonal (each task right after its own stage), final = the last row.  A joint run
     has one row in which every task was trained, so its baseline is that row."""
-    from .tasks import TASKS
-
     k = len(order) if joint else len(matrix)
     base = {t: matrix[-1 if joint else j][j] for j, t in enumerate(order[:k])}
     final = {t: matrix[-1][j] for j, t in enumerate(order[:k])}

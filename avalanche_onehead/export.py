@@ -8,7 +8,7 @@ outputs the raw per-task maps in task-label order, ``seg`` (B, 21, S/8, S/8) log
 ``det`` (B, C+5, S/8, S/8) raw map, ``cls`` (B, 10) logits, so that decoding, NMS and
 mask upsampling stay the same Python code for both runtimes.  The file's
 ``metadata_props`` carry everything the checkpoint carries besides the weights (model
-config with the detection decoding settings, classes, COCO category ids, normalisation,
+config with the detection decoding settings, classes and their keys, normalisation,
 input size, provenance) under :data:`META_KEY`, so ``eval.py`` and the compliance card
 need no other file.  After writing, ONNX Runtime is checked against PyTorch on a random
 batch of two; a difference beyond :data:`ATOL` + :data:`RTOL` x |PyTorch| is an error and
@@ -31,11 +31,10 @@ from torch import Tensor, nn
 from .checkpoint import FORMAT, load_checkpoint
 from .errors import CheckpointError
 from .model import OneHeadNet
+from .onnx_runtime import META_KEY, create_session
 
 #: a recent opset that PyTorch's exporter and current ONNX Runtime both support fully
 OPSET = 18
-#: metadata_props key holding the checkpoint's JSON (everything but the weights)
-META_KEY = "avalanche_onehead"
 #: stated agreement with PyTorch: |onnx - torch| <= ATOL + RTOL * |torch| on every output
 ATOL, RTOL = 1e-4, 1e-3
 
@@ -101,7 +100,7 @@ def export_model(model: OneHeadNet, meta: dict[str, Any], out: str | Path, opset
 def model_metadata(model: OneHeadNet, image_size: int = 512) -> dict[str, Any]:
     """What a checkpoint would record for a model that has none (e.g. an untrained one)."""
     return {"format": FORMAT, "model_config": model.cfg.to_dict(), "classes": {}, "class_keys": {},
-            "category_ids": [], "normalization": {"mean": list(model.mean), "std": list(model.std)},
+            "normalization": {"mean": list(model.mean), "std": list(model.std)},
             "image_size": int(image_size), "data": {}, "provenance": {}}
 
 
@@ -131,8 +130,6 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
 
 def check_against_torch(path: str | Path, net: RawOutputs, example: Tensor) -> dict[str, float]:
     """Max |ONNX Runtime - PyTorch| per output on ``example``; raises beyond the tolerance."""
-    from .onnx_runtime import create_session
-
     session = create_session(path)
     got = session.run(None, {"image": example.numpy()})
     with torch.no_grad():

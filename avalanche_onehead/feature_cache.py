@@ -23,8 +23,6 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .targets import SegTarget
-
 
 @dataclass
 class BackboneFeatures:
@@ -53,7 +51,8 @@ class BackboneFeatures:
 class CachedViews(torch.utils.data.Dataset):
     """Views of a dataset with their backbone features: ``(BackboneFeatures, target)`` items.
 
-    Segmentation masks are kept as uint8 (values 0..20 and 255) and widened on access."""
+    Targets are kept in their compact form (``Target.compact``: segmentation masks as uint8)
+    and expanded on access."""
 
     def __init__(self, maps: Sequence[Tensor], targets: list[Any], source_index: list[int]):
         self.maps = tuple(maps)
@@ -64,15 +63,11 @@ class CachedViews(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        t = self.targets[i]
-        if isinstance(t, SegTarget):
-            t = SegTarget(t.mask.long())
-        return BackboneFeatures(tuple(m[i] for m in self.maps)), t
+        return BackboneFeatures(tuple(m[i] for m in self.maps)), self.targets[i].expanded()
 
     def nbytes(self) -> int:
         feats = sum(m.numel() * m.element_size() for m in self.maps)
-        masks = sum(t.mask.numel() for t in self.targets if isinstance(t, SegTarget))
-        return feats + masks
+        return feats + sum(t.nbytes() for t in self.targets)
 
 
 def save_views(views: CachedViews, path: Path) -> None:
@@ -91,10 +86,6 @@ def load_views(path: Path) -> CachedViews:
     full: only load caches this project wrote on this machine (never a downloaded file)."""
     d = torch.load(path, map_location="cpu", weights_only=False)
     return CachedViews(d["maps"], d["targets"], d["source"])
-
-
-def _compact(target: Any) -> Any:
-    return SegTarget(target.mask.to(torch.uint8)) if isinstance(target, SegTarget) else target
 
 
 @torch.no_grad()
@@ -124,7 +115,7 @@ def build_cache(backbone: nn.Module, datasets: Sequence[torch.utils.data.Dataset
                     maps = [torch.empty((n_total, *f.shape[1:]), dtype=dtype) for f in feats]
                 for level, f in zip(maps, feats):
                     level[done:done + len(batch)] = f.to(dtype)
-                targets += [_compact(b[1]) for b in batch]
+                targets += [b[1].compact() for b in batch]
                 source += range(pos, pos + len(batch))
                 pos += len(batch)
                 done += len(batch)

@@ -6,9 +6,10 @@ the same loss as the training loop.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from .detection import DetectionConfig
 from .model import OneHeadOutput
 from .targets import TaskBatch
 from .tasks import TASKS
@@ -22,9 +23,10 @@ class OneHeadCriterion:
     holds one sample of the batch or all of them.
     """
 
-    def __init__(self, det_cfg: DetectionConfig | None = None, weights: dict[str, float] | None = None,
-                 seg_loss_stride: int = 1):
-        self.det_cfg = det_cfg or DetectionConfig()
+    def __init__(self, task_settings: dict[str, dict[str, Any]] | None = None,
+                 weights: dict[str, float] | None = None, seg_loss_stride: int = 1):
+        # each task's own loss settings (``OneHeadNet.task_settings``); a task left out uses its defaults
+        self.task_settings = task_settings or {}
         # dense targets subsampled by this factor before the loss: the upsampled logits at
         # full size dominate a segmentation step on cached features (measured)
         self.dense_stride = seg_loss_stride
@@ -40,7 +42,7 @@ class OneHeadCriterion:
             shrink = TASKS[task].subsample
             if shrink is not None and self.dense_stride > 1:
                 target = shrink(target, self.dense_stride)
-            comps = TASKS[task].loss(output[task][part.index], target, self.det_cfg)
+            comps = TASKS[task].loss(output[task][part.index], target, **self.task_settings.get(task, {}))
             task_loss = sum(comps.values())
             for k, v in comps.items():
                 self.last[f"{task}/{k}"] = float(v.detach())

@@ -46,9 +46,10 @@ class ModelConfig:
     num_classes: dict[str, int] = field(default_factory=lambda: {k: s.num_classes for k, s in TASKS.items()})
     detection: dict[str, Any] = field(default_factory=lambda: asdict(DetectionConfig()))
 
-    @property
-    def det_cfg(self) -> DetectionConfig:
-        return DetectionConfig(**self.detection)
+    def task_settings(self, head_stride: int | None = None) -> dict[str, dict[str, Any]]:
+        """Each task's own settings from this config (the keyword arguments of its loss,
+        decoding and evaluator); with ``head_stride`` a task checks them against the head."""
+        return {t: spec.settings(self, head_stride) if spec.settings else {} for t, spec in TASKS.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,11 +68,6 @@ class OneHeadOutput(dict):
     holds the neck output for feature distillation."""
 
     features: Tensor | None = None
-
-    def select(self, index: Tensor) -> "OneHeadOutput":
-        out = OneHeadOutput({k: v[index] for k, v in self.items()})
-        out.features = None if self.features is None else self.features[index]
-        return out
 
 
 def conv_norm_relu(cin: int, cout: int, k: int, norm: str, groups: int) -> nn.Sequential:
@@ -108,8 +104,8 @@ class OneHeadNet(nn.Module):
         bb = create_backbone(self.cfg.backbone, self.cfg.pretrained if pretrained is None else pretrained)
         self.backbone = bb.body
         self.mean, self.std, self.weights_source = bb.mean, bb.std, bb.pretrained
-        if bb.strides[0] != self.cfg.det_cfg.stride:
-            raise ValueError(f"head stride {self.cfg.det_cfg.stride} != backbone's first stride {bb.strides[0]}")
+        # what each task's loss, decoding and evaluator take (e.g. detection's DetectionConfig)
+        self.task_settings = self.cfg.task_settings(head_stride=bb.strides[0])
         self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.norm, self.cfg.groups)
         # channel groups in task-label order, independent of the training order
         self.task_order = sorted(TASKS, key=lambda t: TASKS[t].label)
@@ -139,16 +135,14 @@ class OneHeadNet(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def _init_output_bias(self) -> None:
-        """Focal-loss prior: detection class logits start at p = 0.01."""
+        """Small output weights, zero biases, then each task's own bias start (detection's
+        focal-loss prior)."""
         last: nn.Conv2d = self.head[-1]
         nn.init.normal_(last.weight, std=0.01)
         nn.init.zeros_(last.bias)
-        start = 0
-        for t, n in zip(self.task_order, self.splits):
-            if t == "det":
-                k = self.cfg.num_classes[t]
-                nn.init.constant_(last.bias[start:start + k], -4.595)
-            start += n
+        for t, channels in self.output_slices().items():
+            if TASKS[t].init_output_bias is not None:
+                TASKS[t].init_output_bias(last.bias[channels], self.cfg.num_classes[t])
 
     def output_slices(self) -> dict[str, slice]:
         """Which channels of the last head layer belong to which task."""
@@ -210,7 +204,7 @@ class OneHeadNet(nn.Module):
                 tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Per image: ``{"det": Detections (xyxy, ORIGINAL pixels), "seg": (H, W) class ids at
         the original size, "cls": class probabilities}``.  ``original_sizes`` are (h, w)."""
-        return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.cfg.det_cfg,
+        return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.task_settings,
                             tasks or self.task_order)
 
 

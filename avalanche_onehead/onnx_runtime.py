@@ -19,6 +19,9 @@ from .errors import CheckpointError
 from .model import ModelConfig, OneHeadOutput
 from .tasks import decode_batch
 
+#: metadata_props key of an exported file holding the checkpoint's JSON (everything but the weights)
+META_KEY = "avalanche_onehead"
+
 
 def create_session(path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session with every graph optimisation on and ``threads`` intra-op
@@ -45,8 +48,6 @@ class OnnxModel:
     training = False
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        from .export import META_KEY
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(path, "ONNX file not found")
@@ -57,6 +58,7 @@ class OnnxModel:
             raise CheckpointError(path, f"no '{META_KEY}' metadata: not exported by experiments/export.py")
         self.meta: dict[str, Any] = json.loads(props[META_KEY])
         self.cfg = ModelConfig.from_dict(self.meta["model_config"])
+        self.task_settings = self.cfg.task_settings()  # the export was checked against the head already
         self.mean = tuple(self.meta["normalization"]["mean"])
         self.std = tuple(self.meta["normalization"]["std"])
         self.task_order = list(self.meta["onnx"]["outputs"])
@@ -85,7 +87,7 @@ class OnnxModel:
     def predict(self, images: Tensor, original_sizes: Sequence[tuple[int, int]] | None = None,
                 tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Same as ``OneHeadNet.predict``: the task registry's decoding on the raw outputs."""
-        return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.cfg.det_cfg,
+        return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.task_settings,
                             tasks or self.task_order)
 
 

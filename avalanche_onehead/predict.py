@@ -75,7 +75,7 @@ def prediction_record(pred: dict[str, Any], meta: dict[str, Any], size: tuple[in
     det_names = class_names(meta, "det", int(meta["model_config"]["num_classes"]["det"]))
     cls_names = class_names(meta, "cls", probs.numel())
     seg_names = class_names(meta, "seg", int(meta["model_config"]["num_classes"]["seg"]))
-    ids = meta.get("category_ids") or []
+    ids = meta.get("class_keys", {}).get("det") or []  # detection's class keys are its COCO category ids
     boxes = []
     for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
         box = {"label": det_names[c], "class_index": int(c), "score": round(float(s), 4),
@@ -101,7 +101,7 @@ def save_mask(mask: torch.Tensor, path: Path) -> None:
     """Class indices as a palette PNG (the VOC colour map), readable like VOC's own masks."""
     from PIL import Image
 
-    from benchmarks.synthetic import voc_palette
+    from .tasks.seg import voc_palette
 
     im = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
     im.putpalette(voc_palette())
@@ -117,10 +117,10 @@ def save_picture(image, pred: dict[str, Any], record: dict[str, Any], meta: dict
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    from benchmarks.synthetic import voc_palette
+    from .tasks.seg import palette_colours
 
     mask = pred["seg"].cpu().numpy()
-    colours = np.asarray(voc_palette(), dtype=float).reshape(-1, 3) / 255
+    colours = palette_colours()
     seg_names = class_names(meta, "seg", int(meta["model_config"]["num_classes"]["seg"]))
     w, h = image.size
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 6 * h / max(w, 1) + 1.2))

@@ -194,7 +194,7 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
                                                 cfg.output_lr_mult))
-    criterion = OneHeadCriterion(model.cfg.det_cfg, cfg.task_weights, seg_loss_stride=cfg.seg_loss_stride)
+    criterion = OneHeadCriterion(model.task_settings, cfg.task_weights, seg_loss_stride=cfg.seg_loss_stride)
     plans = resolve_plans({} if cfg.joint else cfg.plan, cfg.order)
     benchmark, cache_seconds = stream.benchmark, 0.0
     if cfg.cache and not cfg.joint and uses_cache(plans):
@@ -205,7 +205,8 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
     loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), tensorboard]
     if cfg.progress:
         loggers.append(InteractiveLogger())
-    task_metrics = [TaskMetric(t, len(stream.classes[t]), class_names=stream.classes[t]) for t in cfg.order]
+    task_metrics = [TaskMetric(t, len(stream.classes[t]), class_names=stream.classes[t], **model.task_settings[t])
+                    for t in cfg.order]
     summary_metric = ForgettingSummary(task_metrics, cfg.order, strategy_name)
     summary = [] if cfg.joint else [summary_metric]  # one joint stage: nothing to forget
     evaluator = EvaluationPlugin(*task_metrics, *summary, loss_metrics(epoch=True), loggers=loggers)
@@ -228,7 +229,7 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
                         eval_every=-1)
 
     meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
-                category_ids=stream.category_ids, image_size=cfg.image_size,
+                image_size=cfg.image_size,
                 data={"root": str(root.path), "synthetic": root.synthetic, "seed": cfg.seed})
     provenance = {"command": " ".join(sys.argv), "strategy": strategy_name, "seed": cfg.seed,
                   "order": cfg.order, "commit": git_commit()}
@@ -397,7 +398,7 @@ def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg
         n = sum(len(v) for v in views)
         key = dict(backbone=cfg.backbone, weights=model.weights_source, image_size=cfg.image_size, task=task,
                    root=str(stream.train_sets[task].split_dir), images=len(plain), seed=cfg.seed,
-                   workers=cfg.workers, backbone_pass="bn-folded")
+                   workers=cfg.workers, backbone_pass="bn-folded", targets="avalanche_onehead.tasks")
         tr = cached_or_built(cfg.cache_dir, {**key, "views": plans[task].views}, lambda: build_cache(
             backbone, views, seed=cfg.seed, workers=cfg.workers,
             progress=CacheProgress(f"{task} train ({plans[task].views} views)", log)), log)
@@ -449,12 +450,12 @@ def stage_plan(cfg: RunConfig, train_exps: list) -> list[tuple[str, Any, int]]:
 
 
 def extra_matrices(extras: list[dict[str, float]], order: list[str]) -> dict[str, Any]:
-    """Secondary metrics after every stage, e.g. ``mAP50`` of detection."""
+    """Secondary metrics after every stage (``TaskSpec.secondary_metrics``, e.g. ``mAP50`` of detection)."""
     out: dict[str, Any] = {}
-    if "det" in order:
-        j = order.index("det")
-        out["mAP50_matrix"] = [float(e.get(metric_key("mAP50", "det", j), 0.0)) for e in extras]
-        out["final_mAP50"] = out["mAP50_matrix"][-1] if extras else 0.0
+    for j, task in enumerate(order):
+        for name in TASKS[task].secondary_metrics:
+            out[f"{name}_matrix"] = [float(e.get(metric_key(name, task, j), 0.0)) for e in extras]
+            out[f"final_{name}"] = out[f"{name}_matrix"][-1] if extras else 0.0
     return out
 
 

@@ -1,13 +1,13 @@
 """Dataset readers (COCO detection, VOC segmentation, folder classification), the
 embedded synthetic benchmark and the Avalanche stream."""
 from .errors import DatasetError
-from .readers import READERS, CocoDetection, FolderClassification, VocSegmentation
+from .readers import CocoDetection, FolderClassification, VocSegmentation
 from .stream import DataRoot, Stream, build_stream, load_split, resolve_data_root
 from .synthetic import synthetic_root
 from .transforms import JointTransform
 
 __all__ = [
-    "DatasetError", "READERS", "CocoDetection", "FolderClassification", "VocSegmentation",
+    "DatasetError", "CocoDetection", "FolderClassification", "VocSegmentation",
     "DataRoot", "Stream", "build_stream", "load_split", "resolve_data_root", "synthetic_root",
     "JointTransform",
 ]

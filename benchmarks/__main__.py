@@ -5,7 +5,7 @@ import json
 import sys
 
 from avalanche_onehead.cli import OneLineParser, fail
-from avalanche_onehead.tasks import parse_tasks
+from avalanche_onehead.tasks import TASKS, parse_tasks
 
 from .check import check_data
 from .stream import resolve_data_root
@@ -14,9 +14,9 @@ from .stream import resolve_data_root
 def main(argv=None) -> int:
     p = OneLineParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--data-root", default=None,
-                   help="folder holding mini_voc_seg/, mini_coco_det/, imagenette_160/ "
+                   help=f"folder holding {', '.join(spec.folder + '/' for spec in TASKS.values())} "
                         "(default: ./data if it exists, else the embedded synthetic benchmark)")
-    p.add_argument("--tasks", default="all", help="comma-separated subset of seg,det,cls (default all)")
+    p.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)} (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic benchmark")
     p.add_argument("--quick", action="store_true", help="read image headers only, do not decode every image")
     args = p.parse_args(argv)

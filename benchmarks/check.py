@@ -48,27 +48,21 @@ def check_data(root: str | Path, tasks: Iterable[str], splits: Iterable[str] | N
             for i in tqdm(range(len(ds)), desc=f"checking {task}/{split}", leave=False, file=sys.stderr,
                           disable=not progress or None):  # no bars when stderr is not a terminal
                 dropped += ds.check_item(i, deep=deep)
-            entry = ds.summary()
-            if task == "det":
-                entry["dropped_boxes"] = {"total": sum(dropped.values()),
-                                          **{r: dropped.get(r, 0) for r in BOX_DROP_REASONS}}
-            entries[split] = entry
+            entries[split] = {**ds.summary(), **ds.dropped_summary(dropped)}
             datasets.append(ds)
         check_classes(task, datasets)
-        entry = {"folder": str(task_dir), "num_classes": len(datasets[0].classes),
-                 "classes": datasets[0].classes, "splits": entries}
-        if task == "det":
-            entry["category_ids"] = [int(c) for c in datasets[0].category_ids]
-        report[task] = entry
+        report[task] = {"folder": str(task_dir), "num_classes": len(datasets[0].classes),
+                        "classes": datasets[0].classes, "splits": entries, **datasets[0].task_summary()}
     return report
 
 
 def dropped_box_notes(report: dict[str, Any]) -> list[str]:
     """One line per split whose detection boxes were dropped, saying how many and why."""
     notes = []
-    for split, entry in report.get("det", {}).get("splits", {}).items():
-        d = entry.get("dropped_boxes", {})
-        if d.get("total"):
-            why = ", ".join(f"{d[r]} {text}" for r, text in BOX_DROP_REASONS.items() if d.get(r))
-            notes.append(f"{entry.get('json', split)}: {d['total']} of {entry['boxes']} boxes dropped ({why})")
+    for task_entry in report.values():
+        for split, entry in task_entry.get("splits", {}).items():
+            d = entry.get("dropped_boxes", {})
+            if d.get("total"):
+                why = ", ".join(f"{d[r]} {text}" for r, text in BOX_DROP_REASONS.items() if d.get(r))
+                notes.append(f"{entry.get('json', split)}: {d['total']} of {entry['boxes']} boxes dropped ({why})")
     return notes

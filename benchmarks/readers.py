@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from avalanche_onehead.targets import ClsTarget, DetTarget, SegTarget
+from avalanche_onehead.tasks.cls import ClsTarget
+from avalanche_onehead.tasks.det import DetTarget
+from avalanche_onehead.tasks.seg import SegTarget
 
 from .errors import DatasetError
 
@@ -204,9 +206,8 @@ def find_split_dir(task_dir: Path, split: str) -> Path | None:
 
 
 class TaskDataset(torch.utils.data.Dataset):
-    """Common behaviour: sample list, optional joint transform, classes."""
-
-    task: str = ""
+    """Common behaviour: sample list, optional joint transform, classes.  A task names its
+    reader in its spec (``TaskSpec.reader``)."""
 
     def __init__(self, transform: Callable | None = None):
         self.transform = transform
@@ -253,6 +254,14 @@ class TaskDataset(torch.utils.data.Dataset):
     def summary(self) -> dict[str, Any]:
         return {"images": len(self), "path": str(self.split_dir)}
 
+    def dropped_summary(self, dropped: Counter) -> dict[str, Any]:
+        """What a data check reports of what :meth:`check_item` counted as dropped (nothing here)."""
+        return {}
+
+    def task_summary(self) -> dict[str, Any]:
+        """What a data check reports of the task beyond its classes (nothing here)."""
+        return {}
+
     @property
     def class_keys(self) -> list[str]:
         """Stable identity of each class (index, COCO category id, folder name)."""
@@ -261,8 +270,6 @@ class TaskDataset(torch.utils.data.Dataset):
 
 class CocoDetection(TaskDataset):
     """COCO-format detection: ``split/`` images + the single JSON that describes them."""
-
-    task = "det"
 
     def __init__(self, task_dir: Path, split: str, transform: Callable | None = None):
         super().__init__(transform)
@@ -380,6 +387,12 @@ class CocoDetection(TaskDataset):
                 "crowd_boxes": sum(1 for a in anns if a.get("iscrowd", 0)),
                 "category_ids": {str(cid): i for i, cid in enumerate(self.category_ids)}}
 
+    def dropped_summary(self, dropped: Counter) -> dict[str, Any]:
+        return {"dropped_boxes": {"total": sum(dropped.values()), **{r: dropped.get(r, 0) for r in BOX_DROP_REASONS}}}
+
+    def task_summary(self) -> dict[str, Any]:
+        return {"category_ids": [int(c) for c in self.category_ids]}
+
 
 def _read_class_names(task_dir: Path) -> dict[str, str]:
     """``classes.txt`` lines ``<key> <name>`` when present."""
@@ -397,7 +410,6 @@ def _read_class_names(task_dir: Path) -> dict[str, str]:
 class VocSegmentation(TaskDataset):
     """VOC-style segmentation: JPEG images + palette PNG masks of class indices."""
 
-    task = "seg"
     IMAGE_DIRS = ("JPEGImages", "images", "imgs")
     MASK_DIRS = ("SegmentationClass", "masks", "labels", "annotations")
 
@@ -486,8 +498,6 @@ class VocSegmentation(TaskDataset):
 class FolderClassification(TaskDataset):
     """ImageNet-style folders: ``split/<class>/<image>``; index = sorted folder name."""
 
-    task = "cls"
-
     def __init__(self, task_dir: Path, split: str, transform: Callable | None = None):
         super().__init__(transform)
         self.task_dir = Path(task_dir)
@@ -514,10 +524,3 @@ class FolderClassification(TaskDataset):
 
     def make_target(self, raw):
         return ClsTarget(label=int(raw["label"]))
-
-
-READERS: dict[str, type[TaskDataset]] = {
-    "seg": VocSegmentation,
-    "det": CocoDetection,
-    "cls": FolderClassification,
-}

@@ -1,6 +1,7 @@
 """Data roots and the Avalanche task-incremental stream (one experience per task)."""
 from __future__ import annotations
 
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +15,7 @@ from avalanche_onehead.targets import collate_onehead
 from avalanche_onehead.tasks import DEFAULT_ORDER, TASKS
 
 from .errors import DatasetError
-from .readers import READERS, TaskDataset, find_task_dir
+from .readers import TaskDataset, find_task_dir
 from .synthetic import synthetic_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, JointTransform
 
@@ -45,10 +46,15 @@ def resolve_data_root(data_root: str | Path | None, seed: int = 0) -> DataRoot:
     return DataRoot(synthetic_root(seed), True, chosen_by_default=True)
 
 
+def reader_of(task: str) -> type[TaskDataset]:
+    """The reader class the task names in its spec (``"module:Class"``)."""
+    return pkgutil.resolve_name(TASKS[task].reader)
+
+
 def load_split(root: str | Path, task: str, split: str, transform=None) -> TaskDataset:
     """The reader of ``task`` on ``split`` under ``root``."""
     task_dir = find_task_dir(Path(root), TASKS[task].folder)
-    return READERS[task](task_dir, split, transform=transform)
+    return reader_of(task)(task_dir, split, transform=transform)
 
 
 def check_classes(task: str, datasets: Sequence[TaskDataset]) -> None:
@@ -73,7 +79,6 @@ class Stream:
     train_sets: dict[str, TaskDataset]
     test_sets: dict[str, TaskDataset]
     classes: dict[str, list[str]] = field(default_factory=dict)
-    category_ids: list[int] = field(default_factory=list)
 
 
 def build_stream(
@@ -109,11 +114,9 @@ def build_stream(
         train=[as_avalanche(train_sets[t], t) for t in order],
         test=[as_avalanche(test_sets[t], t) for t in order],
     ))
-    det = train_sets.get("det")
     return Stream(
         benchmark=bench, order=list(order), train_sets=train_sets, test_sets=test_sets,
         classes={t: list(train_sets[t].classes) for t in order},
-        category_ids=list(det.category_ids) if det is not None else [],
     )
 
 

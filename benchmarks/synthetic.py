@@ -4,18 +4,23 @@ Coloured geometric shapes on textured backgrounds: VOC palette PNG masks (21
 classes incl. background, 255 borders), a COCO JSON + JPEGs (10 categories with
 non-contiguous ids, like the real mini-COCO), and class folders (10 classes).
 Generation is deterministic by seed, takes seconds, and happens once under a
-cache folder; the regular readers load it.
+cache folder; the regular readers load it.  Each task names its writer here in its
+spec (``TaskSpec.synthetic_writer``).
 """
 from __future__ import annotations
 
 import json
 import os
+import pkgutil
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from avalanche_onehead.tasks import TASKS
+from avalanche_onehead.tasks.seg import voc_palette
 
 VERSION = 1
 SHAPES = ("ellipse", "rectangle", "triangle", "diamond")
@@ -31,21 +36,6 @@ def default_cache_dir() -> Path:
     base = os.environ.get("ONEHEAD_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "avalanche_onehead")
     return Path(base)
-
-
-def voc_palette() -> list[int]:
-    """The standard PASCAL VOC colour map (bit-interleaved), 256 entries."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def _background(rng: np.random.Generator) -> Image.Image:
@@ -87,7 +77,7 @@ def _seg_class(shape_i: int, colour_i: int) -> int:
     return 1 + shape_i * len(COLOURS) + colour_i  # 1..20
 
 
-def _write_seg(root: Path, rng) -> None:
+def write_seg(root: Path, rng: np.random.Generator) -> None:
     pal = voc_palette()
     base = root / "mini_voc_seg"
     for split, n in COUNTS.items():
@@ -110,7 +100,7 @@ def _write_seg(root: Path, rng) -> None:
     (base / "classes.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names)) + "255 void\n")
 
 
-def _write_det(root: Path, rng) -> None:
+def write_det(root: Path, rng: np.random.Generator) -> None:
     base = root / "mini_coco_det"
     (base / "annotations").mkdir(parents=True)
     det_classes = [(s, c) for s in range(len(SHAPES)) for c in range(3)][:10]
@@ -142,7 +132,7 @@ def _write_det(root: Path, rng) -> None:
         (base / "annotations" / f"COCO_{split}.json").write_text(json.dumps(doc))
 
 
-def _write_cls(root: Path, rng) -> None:
+def write_cls(root: Path, rng: np.random.Generator) -> None:
     base = root / "imagenette_160"
     for split, n in COUNTS.items():
         for label, wnid in enumerate(CLS_WNIDS):
@@ -163,12 +153,14 @@ def _write_cls(root: Path, rng) -> None:
 
 
 def generate(dest: Path, seed: int = 0) -> Path:
-    """Write the benchmark into ``dest`` (which must not exist yet)."""
+    """Write the benchmark into ``dest`` (which must not exist yet): every task's part, by
+    label, from one random generator."""
     rng = np.random.default_rng(seed)
     dest = Path(dest)
     dest.mkdir(parents=True)
-    for writer in (_write_seg, _write_det, _write_cls):
-        writer(dest, rng)
+    for spec in TASKS.values():
+        if spec.synthetic_writer:
+            pkgutil.resolve_name(spec.synthetic_writer)(dest, rng)
     (dest / "SYNTHETIC.txt").write_text(f"avalanche-onehead synthetic benchmark v{VERSION}, seed {seed}\n")
     return dest
 

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--task", default="seg", choices=["seg", "det", "cls"])
+    from avalanche_onehead.tasks import DEFAULT_ORDER, TASKS
+
+    p.add_argument("--task", default=DEFAULT_ORDER[0], choices=list(TASKS))
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--max-images", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
         stream = build_stream(root.path, [args.task], args.image_size, base.mean, base.std,
                               max_images=args.max_images)
         exp = stream.benchmark.train_stream[0]
-        criterion = OneHeadCriterion(base.cfg.det_cfg)
+        criterion = OneHeadCriterion(base.task_settings)
 
         def avalanche_epochs() -> float:
             model = copy.deepcopy(base)

@@ -25,8 +25,7 @@ from avalanche.training.storage_policy import ExperienceBalancedBuffer
 from avalanche.training.utils import ParamData
 from torch import Tensor
 
-from avalanche_onehead.detection import BOX_CHANNELS
-from avalanche_onehead.tasks import task_of_label
+from avalanche_onehead.tasks import TASKS, task_of_label
 
 MAX_REPLAY_PER_TASK_PER_STEP = 10  # challenge rule
 
@@ -176,41 +175,6 @@ class PreviousModel(SupervisedPlugin):
         self.trained = list(state.get("trained", [task_of_label(int(e.task_labels[0])) for e in finished]))
 
 
-def seg_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """Per-pixel KL(teacher || student) of segmentation logits (stride-8 maps)."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="none").sum(1)
-    return kl.mean() * t * t
-
-
-def cls_distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
-
-
-def det_distillation(student: Tensor, teacher: Tensor, threshold: float) -> Tensor:
-    """Soft class targets everywhere + box/centre-ness where the teacher is confident."""
-    c = student.shape[1] - BOX_CHANNELS
-    t_prob = torch.sigmoid(teacher[:, :c])
-    cls_term = F.binary_cross_entropy_with_logits(student[:, :c], t_prob, reduction="none").sum(1)
-    confident = t_prob.max(1).values > threshold  # (B, h, w)
-    loss = cls_term.mean()
-    if confident.any():
-        box_s = student[:, c:c + 4].permute(0, 2, 3, 1)[confident]
-        box_t = teacher[:, c:c + 4].permute(0, 2, 3, 1)[confident]
-        ctr_s = student[:, c + 4][confident]
-        ctr_t = torch.sigmoid(teacher[:, c + 4][confident])
-        loss = loss + F.smooth_l1_loss(box_s, box_t) + F.binary_cross_entropy_with_logits(ctr_s, ctr_t)
-    return loss
-
-
-DISTILLERS = {
-    "seg": lambda s, t, plugin: seg_distillation(s, t, plugin.temperature),
-    "det": lambda s, t, plugin: det_distillation(s, t, plugin.det_threshold),
-    "cls": lambda s, t, plugin: cls_distillation(s, t, plugin.temperature),
-}
-
-
 class _Distillation(SupervisedPlugin):
     """Adds ``weight * penalty(strategy)`` to the loss of every training batch."""
 
@@ -233,8 +197,10 @@ class _Distillation(SupervisedPlugin):
 class LwFDistillation(_Distillation):
     """Learning without Forgetting for dense outputs: on every training batch (current
     and replayed images) the EARLIER tasks' output channel groups are pulled towards
-    the teacher's: temperature-KL on classification logits, per-pixel KL on
-    segmentation logits, soft focal-free BCE + box terms on detection."""
+    the teacher's, each by its task's own term (``TaskSpec.distill``, given this plugin's
+    ``temperature`` and ``det_threshold``): temperature-KL on classification logits,
+    per-pixel KL on segmentation logits, soft focal-free BCE + box terms on detection.
+    A task without a term is not distilled."""
 
     def __init__(self, teacher: PreviousModel, alpha: float = 1.0, temperature: float = 2.0,
                  det_threshold: float = 0.3):
@@ -249,12 +215,12 @@ class LwFDistillation(_Distillation):
     def penalty(self, strategy) -> Tensor | None:
         if self.teacher.teacher is None:
             return None
-        tasks = self.teacher.earlier_tasks(strategy)
+        tasks = [t for t in self.teacher.earlier_tasks(strategy) if TASKS[t].distill is not None]
         if not tasks:
             return None
         t_out = self.teacher.outputs(strategy)
         s_out = strategy.mb_output
-        return sum(DISTILLERS[t](s_out[t], t_out[t], self) for t in tasks)
+        return sum(TASKS[t].distill(s_out[t], t_out[t], self) for t in tasks)
 
 
 class FeatureKD(_Distillation):

@@ -14,10 +14,10 @@ from avalanche_onehead.detection import (
     decode,
     decode_to_original,
     detection_loss,
-    encode_targets_as_raw,
     grid_centers,
 )
-from avalanche_onehead.targets import DetTarget
+from avalanche_onehead.tasks.det import DetTarget
+from raw_maps import encode_targets_as_raw
 
 CFG = DetectionConfig(stride=8)
 SIZE = (128, 128)

@@ -270,7 +270,7 @@ def checkpoint(synthetic_root, tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model,
                            classes={t: ds.classes for t, ds in sets.items()},
                            class_keys={t: ds.class_keys for t, ds in sets.items()},
-                           category_ids=sets["det"].category_ids, image_size=64,
+                           image_size=64,
                            data={"root": str(synthetic_root), "synthetic": True, "seed": 0})
 
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_jaccard_index
 
-from avalanche_onehead.detection import DetectionConfig, encode_targets_as_raw
-from avalanche_onehead.metrics import ClsEvaluator, DetEvaluator, SegEvaluator, ground_truth_dict
-from avalanche_onehead.targets import DetTarget, DetTargets
+from avalanche_onehead.detection import DetectionConfig
+from avalanche_onehead.tasks.cls import ClsEvaluator
+from avalanche_onehead.tasks.det import DetEvaluator, DetTarget, DetTargets, ground_truth_dict
+from avalanche_onehead.tasks.seg import SegEvaluator
+from raw_maps import encode_targets_as_raw
 
 # ---------------------------------------------------------------- segmentation
 

@@ -37,7 +37,7 @@ def checkpoint(synthetic_root, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "tiny.pt"
     save_checkpoint(path, model, classes={t: list(ds.classes) for t, ds in sets.items()},
                     class_keys={t: list(ds.class_keys) for t, ds in sets.items()},
-                    category_ids=list(sets["det"].category_ids), image_size=SIZE,
+                    image_size=SIZE,
                     data={"root": str(synthetic_root), "synthetic": True, "seed": 0})
     return path
 
@@ -59,7 +59,7 @@ def test_export_is_one_file_carrying_the_checkpoint_metadata(checkpoint, exporte
     props = {p.key: p.value for p in model.metadata_props}
     meta = json.loads(props[META_KEY])
     payload = read_checkpoint(checkpoint)
-    for key in ("model_config", "classes", "class_keys", "category_ids", "normalization", "image_size", "data"):
+    for key in ("model_config", "classes", "class_keys", "normalization", "image_size", "data"):
         assert meta[key] == payload[key], key
     assert meta["onnx"]["batchnorm_folded"] and meta["onnx"]["tolerance"] == {"atol": ATOL, "rtol": RTOL}
     dims = model.graph.input[0].type.tensor_type.shape.dim

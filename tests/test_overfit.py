@@ -70,7 +70,7 @@ def test_overfit_a_few_images(task, synthetic_root, capsys):
     before = _evaluate(model, task, images, targets)
     assert before[metric] < threshold  # not learnt before training: the test can fail
 
-    criterion = OneHeadCriterion(model.cfg.det_cfg)
+    criterion = OneHeadCriterion(model.task_settings)
     optimizer = torch.optim.AdamW(param_groups(model, lr, 0.3, 0.0))
     model.train()
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
 from avalanche_onehead.detection import first_kept
-from avalanche_onehead.tasks import class_map, upsample_logits
+from avalanche_onehead.tasks.seg import class_map, upsample_logits
 
 
 def plain_class_map(raw, size):

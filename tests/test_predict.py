@@ -27,7 +27,8 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model(pretrained=False)
     path = tmp_path_factory.mktemp("predict") / "tiny.pt"
-    return save_checkpoint(path, model, classes=CLASSES, category_ids=IDS, image_size=SIZE)
+    return save_checkpoint(path, model, classes=CLASSES,
+                           class_keys={"det": [str(i) for i in IDS]}, image_size=SIZE)
 
 
 @pytest.fixture()

@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from avalanche_onehead.targets import ClsTarget, DetTarget, SegTarget
+from avalanche_onehead.tasks.cls import ClsTarget
+from avalanche_onehead.tasks.det import DetTarget
+from avalanche_onehead.tasks.seg import SegTarget
 from benchmarks import CocoDetection, FolderClassification, VocSegmentation, load_split
 
 COCO_IDS = [1, 14, 39, 42, 52, 65, 67, 73, 74, 88]

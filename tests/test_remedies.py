@@ -23,6 +23,9 @@ from avalanche_onehead.detection import BOX_CHANNELS
 from avalanche_onehead.losses import OneHeadCriterion
 from avalanche_onehead.model import create_model
 from avalanche_onehead.tasks import TASKS
+from avalanche_onehead.tasks.cls import cls_distillation
+from avalanche_onehead.tasks.det import det_distillation
+from avalanche_onehead.tasks.seg import seg_distillation
 from benchmarks import build_stream
 from strategies import REMEDIES, RemedyOptions, build_plugins, canonical, parse_strategy
 from strategies.remedies import (
@@ -32,9 +35,6 @@ from strategies.remedies import (
     OneHeadEWC,
     PreviousModel,
     TaskBudgetReplay,
-    cls_distillation,
-    det_distillation,
-    seg_distillation,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -397,7 +397,7 @@ def remedied(synthetic_root):
         warnings.simplefilter("ignore", UserWarning)
         evaluator = EvaluationPlugin(loggers=[])
     strategy = Naive(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-                     criterion=OneHeadCriterion(model.cfg.det_cfg), train_mb_size=MB, train_epochs=1,
+                     criterion=OneHeadCriterion(model.task_settings), train_mb_size=MB, train_epochs=1,
                      eval_mb_size=MB, device="cpu", plugins=[prev, pre, ewc, post, replay, lwf, kd, observer],
                      evaluator=evaluator, eval_every=-1)
     for exp in stream.benchmark.train_stream:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avalanche_onehead.targets import ClsTarget, DetTarget, DetTargets, SegTarget, TaskBatch
+from avalanche_onehead.targets import TaskBatch
 from avalanche_onehead.tasks import TASKS
+from avalanche_onehead.tasks.cls import ClsTarget
+from avalanche_onehead.tasks.det import DetTarget, DetTargets
 from benchmarks import build_stream
 
 SIZE = 64
-TARGET_TYPES = {"seg": SegTarget, "det": DetTarget, "cls": ClsTarget}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_three_train_and_test_experiences(stream):
     assert [_task_labels(e) for e in bench.train_stream] == [[0], [1], [2]]
     assert [_task_labels(e) for e in bench.test_stream] == [[0], [1], [2]]
     assert {t: len(c) for t, c in stream.classes.items()} == {"seg": 21, "det": 10, "cls": 10}
-    assert stream.category_ids == [1, 14, 39, 42, 52, 65, 67, 73, 74, 88]
+    assert stream.train_sets["det"].category_ids == [1, 14, 39, 42, 52, 65, 67, 73, 74, 88]
 
 
 def test_experience_samples_are_typed_and_resized(stream):
@@ -43,7 +44,7 @@ def test_experience_samples_are_typed_and_resized(stream):
         for task, exp in zip(stream.order, getattr(stream.benchmark, f"{split}_stream")):
             image, target, task_label = exp.dataset[0]
             assert image.shape == (3, SIZE, SIZE)
-            assert isinstance(target, TARGET_TYPES[task])
+            assert isinstance(target, TASKS[task].target)
             assert task_label == TASKS[task].label
             if task == "seg":
                 assert target.mask.shape == (SIZE, SIZE)
@@ -57,7 +58,6 @@ def test_task_labels_do_not_depend_on_order(synthetic_root):
     assert len(s.benchmark.train_stream) == 2 and len(s.benchmark.test_stream) == 2
     assert [_task_labels(e) for e in s.benchmark.train_stream] == [[2], [0]]
     assert [_task_labels(e) for e in s.benchmark.test_stream] == [[2], [0]]
-    assert s.category_ids == []
     _, target, label = s.benchmark.train_stream[0].dataset[0]
     assert isinstance(target, ClsTarget) and label == 2
 

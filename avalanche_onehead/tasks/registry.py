@@ -1,0 +1,118 @@
+"""What a task is (:class:`TaskSpec`) and the table of registered tasks (:data:`TASKS`).
+
+Each task module (``seg.py``, ``det.py``, ``cls.py``) defines everything that differs per
+task (target type, collate, loss, decoding, evaluator, distillation term, drawing, quality
+bar, reader and synthetic writer) and registers its spec here, next to that definition.
+The model, criterion, metrics, readers, remedies and command lines loop over :data:`TASKS`
+instead of branching on task names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+
+class Target:
+    """Base of every per-sample target: its task's name, and what the shared machinery asks
+    of it.  Avalanche moves each batch element with ``.to(device)``; the frozen-feature cache
+    keeps ``compact()`` copies (``expanded()`` gives back what training reads, ``nbytes()``
+    what the stored copy takes).  The defaults suit targets without tensors."""
+
+    task: ClassVar[str] = ""
+
+    def to(self, device: torch.device | str, **kwargs: Any) -> "Target":
+        return self
+
+    def compact(self) -> "Target":
+        return self
+
+    def expanded(self) -> "Target":
+        return self
+
+    def nbytes(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task.  ``loss``, ``decode`` and ``make_evaluator`` take the task's own settings as
+    keyword arguments (``settings(model_config, head_stride)`` makes them from a model config;
+    tasks without settings take none)."""
+
+    name: str
+    label: int  # Avalanche task label, fixed whatever the training order
+    title: str
+    metric_name: str  # headline key of the evaluator's ``compute()``
+    folder: str  # default dataset folder under a data root
+    num_classes: int
+    target: type[Target]  # the per-sample target its reader yields
+    collate: Callable[[list[Any]], Any]  # that task's targets of one batch -> one object with ``.to``
+    loss: Callable[..., dict[str, Tensor]]  # (raw outputs of its samples, collated target) -> components
+    decode: Callable[..., Any]  # (one image's raw output, original (h, w)) -> prediction
+    make_evaluator: Callable[..., Any]  # (num_classes) -> object with update(raw, target), compute(), reset()
+    reader: str  # "module:Class" of its dataset reader; the benchmarks package resolves it
+    extra_channels: int = 0  # output channels beyond one per class
+    reduce: Callable[[Tensor], Tensor] | None = None  # map -> output (e.g. pooling)
+    subsample: Callable[[Any, int], Any] | None = None  # collated dense target -> every k-th pixel
+    settings: Callable[[Any, int | None], dict[str, Any]] | None = None
+    distill: Callable[[Tensor, Tensor, Any], Tensor] | None = None  # (student, teacher, LwF options)
+    init_output_bias: Callable[[Tensor, int], None] | None = None  # (its output bias, num_classes)
+    draw: Callable[..., None] | None = None  # one panel of a prediction figure
+    panels: int = 1  # panels per image in a prediction figure
+    secondary_metrics: tuple[str, ...] = ()  # evaluator keys kept per stage beside the headline
+    quality_bar: float | None = None  # the project's aim for the headline metric after the sequence
+    synthetic_writer: str | None = None  # "module:function" writing its part of the synthetic benchmark
+
+    def out_channels(self, num_classes: int | None = None) -> int:
+        return (num_classes or self.num_classes) + self.extra_channels
+
+
+#: every registered task, in label order
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` to :data:`TASKS` (kept in label order, so the import order of the task
+    modules does not matter); a name or label taken already is an error."""
+    for other in TASKS.values():
+        if spec.name == other.name or spec.label == other.label:
+            raise ValueError(f"task {spec.name!r} (label {spec.label}) clashes with registered task "
+                             f"{other.name!r} (label {other.label})")
+    ordered = sorted([*TASKS.values(), spec], key=lambda s: s.label)
+    TASKS.clear()
+    TASKS.update((s.name, s) for s in ordered)
+    return spec
+
+
+def decode_batch(out, image_hw: Sequence[int], n: int, original_sizes, settings: dict[str, dict[str, Any]],
+                 tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """Raw outputs of ``n`` images -> per image ``{task: prediction}`` in ORIGINAL pixels
+    (``original_sizes`` (h, w) per image; the network-input size when not given).
+    ``settings`` holds each task's own settings (``OneHeadNet.task_settings``)."""
+    sizes = original_sizes or [tuple(image_hw)] * n
+    return [{t: TASKS[t].decode(out[t][i], tuple(sizes[i]), **settings.get(t, {})) for t in tasks}
+            for i in range(n)]
+
+
+def task_of_label(label: int) -> str:
+    """Task name of an Avalanche task label."""
+    for name, spec in TASKS.items():
+        if spec.label == label:
+            return name
+    raise KeyError(f"no task has label {label}")
+
+
+def parse_tasks(text: str | Sequence[str]) -> list[str]:
+    """``"seg,det"`` -> ``["seg", "det"]``; ``"all"`` -> every registered task, by label."""
+    names = list(TASKS) if text == "all" else (
+        [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
+    )
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise ValueError(f"unknown task(s) {unknown or text!r}; known: {', '.join(TASKS)} or 'all'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"task listed twice in {text!r}")
+    return list(names)
