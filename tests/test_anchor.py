@@ -53,7 +53,7 @@ def test_anchor_pulls_towards_the_initial_model_in_every_stage(synthetic_root):
         warnings.simplefilter("ignore", UserWarning)
         evaluator = EvaluationPlugin(loggers=[])
     strategy = Naive(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
-                     criterion=OneHeadCriterion(model.cfg.det_cfg), train_mb_size=2, train_epochs=1,
+                     criterion=OneHeadCriterion(model.task_settings), train_mb_size=2, train_epochs=1,
                      eval_mb_size=2, device="cpu", plugins=[anchor, tap], evaluator=evaluator, eval_every=-1)
     for exp in stream.benchmark.train_stream:
         strategy.train(exp, drop_last=True, num_workers=0)
