@@ -270,6 +270,7 @@ def _remedy_rules() -> Rule:
         "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
         "replay_per_step": whole(1, MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
         "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
+        "lwf_task_weights": task_map(number(0)),
         "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)})
 
 
@@ -322,6 +323,21 @@ def int_flag(rule: Rule) -> Callable[[str], Any]:
 
 def float_flag(rule: Rule) -> Callable[[str], Any]:
     return flag_type(rule, _parsed(float))
+
+
+def _task_values(s: str) -> dict[str, float]:
+    """``"det=10,seg=1"`` -> ``{"det": 10.0, "seg": 1.0}`` (names checked by the rule)."""
+    out = {}
+    for item in s.split(","):
+        task, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected TASK=NUMBER[,TASK=NUMBER], not {s!r}")
+        out[task.strip()] = _parsed(float)(value.strip())
+    return out
+
+
+def task_values_flag(rule: Rule) -> Callable[[str], Any]:
+    return flag_type(rule, _task_values)
 
 
 def task_flag(flag: str, value: str | list[str]) -> list[str]:

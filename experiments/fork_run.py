@@ -48,6 +48,18 @@ def parse_stage_epochs(text: str) -> dict[str, int]:
     return out
 
 
+def changes_kept_stages(old: dict, new: dict, order: list[str], after_stage: int) -> bool:
+    """Whether remedy options ``new`` would have trained the first ``after_stage`` stages
+    differently from ``old``.  Only the LwF weight of a task distilled first in a later stage
+    (stage k distils the tasks of the stages before it) leaves them as they were."""
+    distilled = set(order[:after_stage - 1])
+    rest = [k for k in {**old, **new} if k != "lwf_task_weights"]
+    if any(old.get(k) != new.get(k) for k in rest):
+        return True
+    w_old, w_new = old.get("lwf_task_weights", {}), new.get("lwf_task_weights", {})
+    return any(w_old.get(t, 1.0) != w_new.get(t, 1.0) for t in distilled)
+
+
 def stage_state(source: Path, stage: int) -> tuple[Path | None, dict]:
     """The state SOURCE saved right after ``stage``; for a finished run that predates
     per-stage state files, derived from its final state where that is exact."""
@@ -115,7 +127,8 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
         raise ValueError(f"--after-stage must be 1..{len(order) - 1} for the {len(order)} stages of {source}")
     name = canonical(strategy or cfg["strategy"])
     new_remedy = {**cfg.get("remedy", {}), **(remedy or {})}
-    if after_stage > 1 and (name != canonical(cfg["strategy"]) or new_remedy != cfg.get("remedy", {})):
+    if after_stage > 1 and (name != canonical(cfg["strategy"]) or
+                            changes_kept_stages(cfg.get("remedy", {}), new_remedy, order, after_stage)):
         raise ValueError(f"{source}: stages 2..{after_stage} were trained with {cfg['strategy']!r} and its "
                          f"options; a fork after stage {after_stage} must keep them (fork after stage 1 instead)")
     unknown = [t for t in (epochs or {}) if t not in order]

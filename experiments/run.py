@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replayed images per earlier task per step, <= 10 (default 2)")
     g.add_argument("--lwf-alpha", type=float_flag(number(0)), help="LwF distillation weight (default 1)")
     g.add_argument("--lwf-temperature", type=float_flag(number(0, above=True)), help="LwF temperature (default 2)")
+    g.add_argument("--lwf-task-weights", type=check.task_values_flag(check.task_map(number(0))), metavar="TASK=W,...",
+                   help="weight of each distilled task's LwF term, times --lwf-alpha (default 1 each), e.g. det=10")
     g.add_argument("--kd-weight", type=float_flag(number(0)), help="feature distillation weight (default 1)")
     g.add_argument("--anchor-weight", type=float_flag(number(0)),
                    help="pretrained-feature anchor weight (default 1)")
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
 SMOKE_IMAGE_SIZE = 128  # the synthetic benchmark's own image size
 REMEDY_FLAGS = ("ewc_lambda", "ewc_mode", "ewc_decay", "replay_mem_per_task", "replay_per_step",
-                "lwf_alpha", "lwf_temperature", "kd_weight", "anchor_weight")
+                "lwf_alpha", "lwf_temperature", "kd_weight", "anchor_weight", "lwf_task_weights")
 
 
 def _cuda() -> bool:

@@ -5,7 +5,7 @@ below; options it needs go into :class:`RemedyOptions`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from avalanche_onehead.settings import from_known_fields
@@ -24,6 +24,9 @@ class RemedyOptions:
     lwf_alpha: float = 1.0
     lwf_temperature: float = 2.0
     lwf_det_threshold: float = 0.3
+    # weight of each distilled task's term, times lwf_alpha (default 1 each): a task first
+    # distilled in a later stage can be held harder without changing the stages before
+    lwf_task_weights: dict[str, float] = field(default_factory=dict)
     kd_weight: float = 1.0
     anchor_weight: float = 1.0
     num_tasks: int = 3
@@ -59,7 +62,8 @@ def _replay(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
 
 
 def _lwf(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
-    return [LwFDistillation(shared.previous_model(plugins), o.lwf_alpha, o.lwf_temperature, o.lwf_det_threshold)]
+    return [LwFDistillation(shared.previous_model(plugins), o.lwf_alpha, o.lwf_temperature, o.lwf_det_threshold,
+                           o.lwf_task_weights)]
 
 
 def _kd(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
@@ -87,7 +91,7 @@ REMEDIES: dict[str, Remedy] = {
         Remedy("replay", "task-balanced replay (Avalanche ReplayPlugin): replay_mem_per_task stored, "
                          "replay_per_step (<= 10) replayed per earlier task per step", _replay),
         Remedy("lwf", "Learning without Forgetting on dense outputs: distil the earlier tasks' output "
-                      "channels from the previous model (lwf_alpha, lwf_temperature)", _lwf),
+                      "channels from the previous model (lwf_alpha, lwf_temperature, lwf_task_weights)", _lwf),
         Remedy("kd", "feature distillation: MSE to the previous model's neck features (kd_weight)", _kd),
         Remedy("anchor", "pretrained-feature anchor: MSE of the pooled neck features to the untrained "
                          "model's, in every stage, on the current images (anchor_weight)", _anchor),

@@ -203,10 +203,11 @@ class LwFDistillation(_Distillation):
     A task without a term is not distilled."""
 
     def __init__(self, teacher: PreviousModel, alpha: float = 1.0, temperature: float = 2.0,
-                 det_threshold: float = 0.3):
+                 det_threshold: float = 0.3, task_weights: dict[str, float] | None = None):
         super().__init__(teacher, alpha)
         self.temperature = temperature
         self.det_threshold = det_threshold
+        self.task_weights = dict(task_weights or {})  # distilled task -> weight of its term (1)
 
     @property
     def alpha(self) -> float:
@@ -220,7 +221,7 @@ class LwFDistillation(_Distillation):
             return None
         t_out = self.teacher.outputs(strategy)
         s_out = strategy.mb_output
-        return sum(TASKS[t].distill(s_out[t], t_out[t], self) for t in tasks)
+        return sum(self.task_weights.get(t, 1.0) * TASKS[t].distill(s_out[t], t_out[t], self) for t in tasks)
 
 
 class FeatureKD(_Distillation):

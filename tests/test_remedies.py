@@ -476,3 +476,21 @@ def test_teacher_is_a_frozen_snapshot_of_the_previous_stage(remedied):
     assert all(c["equal_at_start"] and c["distinct"] and c["frozen"] for c in checks)
     assert [r["trained"] for r in remedied.exps] == [["seg"], ["seg", "det"], ["seg", "det", "cls"]]
     assert all(r["teacher_unchanged"] for r in remedied.exps)
+
+
+def test_lwf_task_weights_scale_each_distilled_task_term():
+    torch.manual_seed(0)
+    s = {"seg": torch.randn(2, 3, 4, 4), "det": torch.randn(2, 4 + BOX_CHANNELS, 4, 4)}
+    t = {k: torch.randn_like(v) for k, v in s.items()}
+    teacher = SimpleNamespace(teacher=object(), earlier_tasks=lambda strategy: ["seg", "det"],
+                              outputs=lambda strategy: t)
+    strategy = SimpleNamespace(mb_output=s)
+    seg = seg_distillation(s["seg"], t["seg"], 2.0)
+    det = det_distillation(s["det"], t["det"], 0.3)
+    plain = LwFDistillation(teacher, temperature=2.0).penalty(strategy)
+    held = LwFDistillation(teacher, temperature=2.0, task_weights={"det": 10.0}).penalty(strategy)
+    assert float(plain) == pytest.approx(float(seg + det), rel=1e-6)
+    assert float(held) == pytest.approx(float(seg + 10 * det), rel=1e-6)
+    (lwf,) = [p for p in build_plugins("lwf", RemedyOptions(lwf_task_weights={"det": 3.0}))
+              if isinstance(p, LwFDistillation)]
+    assert lwf.task_weights == {"det": 3.0}

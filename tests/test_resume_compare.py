@@ -465,3 +465,31 @@ def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("error:") and why in err[0], (extra, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_fork_after_stage_two_may_hold_detection_harder_and_equals_a_run_from_scratch(runs, run_cli, tmp_path,
+                                                                                      synthetic_root):
+    """Detection is first distilled in stage 3, so its LwF weight may change in a fork after stage 2."""
+    fork_cli = load_script("experiments/fork_run.py")
+    scratch, forked = tmp_path / "scratch", tmp_path / "forked"
+    assert run_cli.main([*RUN_ARGS, "--lwf-task-weights", "det=5", "--data-root", str(synthetic_root),
+                         "--out", str(scratch)]) == 0
+    assert fork_cli.main([str(runs.a), str(forked), "--after-stage", "2", "--lwf-task-weights", "det=5",
+                          "--no-progress"]) == 0
+    ms, mf = _metrics(scratch), _metrics(forked)
+    assert json.loads((forked / "config.json").read_text())["remedy"]["lwf_task_weights"] == {"det": 5.0}
+    assert ms["matrix"][:2] == pytest.approx(_metrics(runs.a)["matrix"][:2], abs=1e-6)  # stages 1-2 as before
+    for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
+        assert rf == pytest.approx(rs, abs=1e-6)
+    ss, sf = _state(scratch / "model.pt"), _state(forked / "model.pt")
+    assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
+
+
+def test_a_fork_after_stage_two_refuses_another_weight_for_a_task_distilled_before(runs, tmp_path, capsys):
+    fork_cli = load_script("experiments/fork_run.py")
+    with pytest.raises(SystemExit):
+        fork_cli.main([str(runs.a), str(tmp_path / "x"), "--after-stage", "2", "--lwf-task-weights", "seg=3",
+                       "--no-progress"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "must keep them" in err[0], err
+    assert not (tmp_path / "x").exists()
