@@ -29,9 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import rules
 from .model import OneHeadNet, count_parameters
 
-PARAM_LIMIT = 8_000_000
 ORIGINAL_SIZE = (480, 640)  # (h, w) the predictions are decoded to: a typical VOC/COCO photo
 
 
@@ -48,14 +48,14 @@ def head_report(model: OneHeadNet) -> dict:
         "single_branch": bool(sequential and isinstance(last, nn.Conv2d)),
         "output_channels": int(last.out_channels),
         "output_groups": {t: [s.start, s.stop] for t, s in model.output_slices().items()},
-        "ok": bool(2 <= len(layers) <= 3 and sequential),
+        "ok": bool(rules.head_layers_allowed(len(layers)) and sequential),
     }
 
 
 def neck_report(model: OneHeadNet) -> dict:
     n_out = sum(1 for m in model.neck.output.modules() if isinstance(m, nn.Conv2d))
     return {"type": "FPN (one layer: lateral 1x1 per level, top-down sum, one 3x3 output conv)",
-            "lateral_convs": len(model.neck.lateral), "output_convs": n_out, "ok": n_out == 1}
+            "lateral_convs": len(model.neck.lateral), "output_convs": n_out, "ok": rules.neck_allowed(n_out)}
 
 
 def latency_image(size: int = 512) -> torch.Tensor:
@@ -111,7 +111,7 @@ def card(model: OneHeadNet, latency: dict | None) -> dict:
     return {
         "backbone": model.cfg.backbone,
         "params": params,
-        "params_ok": params["total"] < PARAM_LIMIT,
+        "params_ok": rules.params_allowed(params["total"]),
         "head": head_report(model),
         "neck": neck_report(model),
         "latency": latency,

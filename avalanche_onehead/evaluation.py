@@ -15,6 +15,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from . import rules
 from .targets import collate_onehead
 from .tasks import TASKS
 
@@ -22,6 +23,11 @@ from .tasks import TASKS
 def metric_key(name: str, task: str, exp_id: int) -> str:
     """Avalanche's naming: ``{metric}/eval_phase/test_stream/Task00t/Exp00j``."""
     return f"{name}/eval_phase/test_stream/Task{TASKS[task].label:03d}/Exp{exp_id:03d}"
+
+
+def epoch_loss_key(task: str) -> str:
+    """Avalanche's name of the training loss of ``task``'s experience over one epoch (``loss_metrics(epoch=True)``)."""
+    return f"Loss_Epoch/train_phase/train_stream/Task{TASKS[task].label:03d}"
 
 
 def tag_name(name: str) -> str:
@@ -192,8 +198,10 @@ def summary_document(matrix: list[list[float]], order: list[str], strategy: str 
     }
 
 
-def summary_table(metrics: dict[str, Any], bar_pct: float = 5.0) -> list[str]:
-    """The metric matrix as text rows (one per stage), then each task's drop against the bar."""
+def summary_table(metrics: dict[str, Any], bar_pct: float | None = None) -> list[str]:
+    """The metric matrix as text rows (one per stage), then each task's drop against the bar
+    (default: the challenge's, ``rules.DROP_BAR_PCT``)."""
+    bar_pct = rules.DROP_BAR_PCT if bar_pct is None else bar_pct
     tasks = metrics["tasks"]
     heads = [f"{t} {metrics['metric_names'][t]}" for t in tasks]
     width = max(12, *(len(h) + 2 for h in heads))

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from . import rules
 from .tasks import TASKS
 
 
@@ -30,9 +31,9 @@ def matrix_figure(metrics: dict[str, Any]):
     ax.set_title(f"{metrics['strategy']}: metric after each stage")
     fig.colorbar(im, ax=ax, fraction=0.046)
     drops = [metrics["drop_pct"].get(t, 0.0) for t in tasks]
-    colours = ["tab:red" if d > 5 else "tab:green" for d in drops]
+    colours = ["tab:green" if rules.within_drop_bar(d) else "tab:red" for d in drops]
     bx.bar(range(len(tasks)), drops, color=colours)
-    bx.axhline(5, color="k", ls="--", lw=1, label="5 % limit")
+    bx.axhline(rules.DROP_BAR_PCT, color="k", ls="--", lw=1, label=f"{rules.DROP_BAR_PCT:g} % limit")
     bx.axhline(0, color="k", lw=0.5)
     bx.set_xticks(range(len(tasks)), tasks)
     bx.set_ylabel("drop vs baseline (%)")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import rules
 from .backbones import LITE0, create_backbone
 from .detection import DetectionConfig
 from .feature_cache import BackboneFeatures
@@ -36,7 +37,7 @@ class ModelConfig:
     pretrained: bool = True
     neck_channels: int = 96
     head_channels: int = 96
-    head_layers: int = 3  # 2 or 3, the last one emits all outputs
+    head_layers: int = 3  # rules.HEAD_LAYERS (2 or 3); the last one emits all outputs
     norm: str = "none"  # neck/head normalisation: "none", "gn" (GroupNorm) or "bn" (BatchNorm)
     groups: int = 16  # GroupNorm groups in neck and head
     # "dirac": the 3x3 convs of neck and head start as identities, so at initialisation
@@ -99,8 +100,9 @@ class OneHeadNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None, pretrained: bool | None = None):
         super().__init__()
         self.cfg = cfg or ModelConfig()
-        if not 2 <= self.cfg.head_layers <= 3:
-            raise ValueError("head_layers must be 2 or 3 (challenge rule)")
+        if not rules.head_layers_allowed(self.cfg.head_layers):
+            low, high = rules.HEAD_LAYERS
+            raise ValueError(f"head_layers must be {low}..{high} (challenge rule), not {self.cfg.head_layers}")
         bb = create_backbone(self.cfg.backbone, self.cfg.pretrained if pretrained is None else pretrained)
         self.backbone = bb.body
         self.mean, self.std, self.weights_source = bb.mean, bb.std, bb.pretrained

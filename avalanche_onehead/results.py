@@ -6,26 +6,23 @@ the table comes from those files.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from .errors import OneHeadError
+from .run_folder import RunFolder
 
 SEED_KEYS = ("seed", "matrix", "baseline", "final", "drop_pct", "drop_abs", "train_seconds", "cache_seconds",
              "final_mAP50")
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    f = Path(run_dir) / "metrics.json"
-    try:
-        m = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise OneHeadError(f, f"not a finished run folder's metrics ({e.__class__.__name__})") from None
+    folder = RunFolder(run_dir)
+    m = folder.read_metrics()
     missing = [k for k in ("tasks", "matrix", "final", "baseline", "drop_pct", "train_seconds") if k not in m]
     if missing:
-        raise OneHeadError(f, f"metrics.json lacks {', '.join(missing)}")
+        raise OneHeadError(folder.metrics_file, f"lacks {', '.join(missing)}")
     return m
 
 

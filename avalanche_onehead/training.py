@@ -1,16 +1,16 @@
 """The main job: train the one-head model over the Avalanche stream and write a run folder.
 
-``experiments/run.py`` is the command-line face of :func:`run`.  After every
-training experience every task in the stream is evaluated on its validation
-split; the metric matrix, stage checkpoints, TensorBoard events and figures go
-into the run folder.
+``experiments/run.py`` is the command-line face of :func:`run`, which is three steps:
+:func:`build_run` (model, stream, remedies, the Avalanche template), :func:`run_stages`
+(train, evaluate and save each stage, resuming where a stopped run left off) and
+:func:`write_results` (final model, ``metrics.json``, figures, closing summary).  After every
+training experience every task in the stream is evaluated on its validation split; what goes
+into the run folder, and under which names, is :class:`~avalanche_onehead.run_folder.RunFolder`'s.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
 import random
 import shlex
 import subprocess
@@ -18,17 +18,26 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from .checkpoint import save_checkpoint
-from .evaluation import ForgettingSummary, TaskMetric, metric_key, summary_document, summary_table, summary_values
+from . import rules
+from .evaluation import (
+    ForgettingSummary,
+    TaskMetric,
+    epoch_loss_key,
+    metric_key,
+    summary_document,
+    summary_table,
+    summary_values,
+)
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
 from .plugins import EpochCheckpoint, StageProgress, TensorboardExtras, WarmupCosinePlugin
+from .run_folder import RunFolder, empty_progress
 from .stage_plans import HeadWarmup, StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
 from .settings import from_known_fields
 from .tasks import DEFAULT_ORDER, TASKS
@@ -116,10 +125,11 @@ def default_run_dir(strategy: str) -> Path:
 def run(cfg: RunConfig, log=print, resume: bool = False) -> Path:
     """Train over the stream, evaluate after every experience, write the run folder.
 
-    After every epoch the run folder gets ``resume_epoch.pt`` (what continues the stage
-    from there); after every stage the stage checkpoint and ``resume.pt`` (matrix so far
-    + remedy state).  ``resume=True`` continues from the latest of them.  A Ctrl-C is
-    re-raised as a ``KeyboardInterrupt`` whose message says how to continue.
+    After every epoch the run folder gets its epoch state (what continues the stage from
+    there); after every stage the stage checkpoint and the stage state (matrix so far +
+    remedy state): see :class:`~avalanche_onehead.run_folder.RunFolder`.  ``resume=True``
+    continues from the latest of them.  A Ctrl-C is re-raised as a ``KeyboardInterrupt``
+    whose message says how to continue.
     """
     where: dict[str, Path] = {}
     try:
@@ -140,24 +150,40 @@ def resume_command(run_dir: Path) -> str:
 
 def interrupted_note(run_dir: Path) -> str:
     """One line for a stopped run: the command that continues it, or why there is none."""
-    if any((Path(run_dir) / f).is_file() for f in (RESUME_FILE, EPOCH_FILE)):
+    if RunFolder(run_dir).can_resume():
         return f"continue with: {resume_command(run_dir)}"
     return f"{run_dir}: no epoch had finished, nothing to resume; start the run again"
 
 
 def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
-    from avalanche.evaluation.metrics import loss_metrics
-    from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
-    from avalanche.training import JointTraining, Naive
-    from avalanche.training.plugins import EvaluationPlugin
+    """build -> stages -> results."""
+    from benchmarks import resolve_data_root
 
-    from benchmarks import build_stream, resolve_data_root
-    from benchmarks.stream import describe_stream
-    from strategies import RemedyOptions, build_plugins, canonical
+    choice = checked_strategy(cfg)  # fail fast, before anything is made
+    root = resolve_data_root(cfg.data_root, cfg.seed)
+    log(root.describe())
+    folder = RunFolder(cfg.out or default_run_dir(choice.name))
+    state = folder.load_resume_state() if resume else None
+    folder.create(None if resume else asdict(cfg))  # a resumed run keeps the config.json it was started with
+    where["run_dir"] = folder.path
+    built = build_run(cfg, choice, root, folder, log)
+    progress = run_stages(built, state, log)
+    return write_results(built, progress, log)
+
+
+class StrategyChoice(NamedTuple):
+    name: str  # the run's name: "joint", or its remedies in registry order
+    remedies: str  # the remedy spec ("naive" for none)
+    options: Any  # strategies.RemedyOptions
+
+
+def checked_strategy(cfg: RunConfig) -> StrategyChoice:
+    """The run's remedies and their options; a wrong name, option or joint setting is an error here."""
+    from strategies import RemedyOptions, canonical
 
     from .errors import OneHeadError
 
-    remedy_name = canonical(cfg.strategy)  # fail fast on a bad name
+    remedy_name = canonical(cfg.strategy)
     if cfg.joint and remedy_name != "naive":
         raise OneHeadError("--joint", f"joint training takes no forgetting remedy (got {remedy_name!r})")
     if cfg.joint and len(cfg.order) < 2:
@@ -165,142 +191,315 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
     if cfg.joint and cfg.batch_size < len(cfg.order):
         raise OneHeadError("--batch-size", f"joint training puts every task in each batch: needs a batch of at "
                                            f"least {len(cfg.order)} (got {cfg.batch_size})")
-    strategy_name = "joint" if cfg.joint else remedy_name
     options = RemedyOptions.from_dict({"num_tasks": len(cfg.order), "seed": cfg.seed, **cfg.remedy})
-    root = resolve_data_root(cfg.data_root, cfg.seed)
-    log(root.describe())
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(strategy_name)
-    state = load_resume_state(run_dir) if resume else None
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a resumed run keeps the config.json it was started with
-            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    except OSError as e:
-        raise OneHeadError(run_dir, f"cannot create the run folder ({e.strerror or e})") from None
-    where["run_dir"] = run_dir
+    return StrategyChoice("joint" if cfg.joint else remedy_name, remedy_name, options)
+
+
+# --- build ------------------------------------------------------------------------------------
+
+@dataclass
+class BuiltRun:
+    """Everything the stages and the results of one run use, assembled by :func:`build_run`."""
+
+    cfg: RunConfig
+    name: str  # the strategy's name ("joint" for joint training)
+    folder: RunFolder
+    root: Any  # the resolved data root (path, synthetic or not)
+    model: OneHeadNet
+    stream: Any
+    benchmark: Any  # the stream's Avalanche benchmark, or its frozen-feature copy
+    cache_seconds: float
+    plans: dict[str, StagePlan]
+    train_exps: list  # the benchmark's training experiences
+    stages: list[tuple[str, Any, int]]  # (name, experience(s), epochs)
+    remedies: Any  # strategies.Remedies
+    strategy: Any  # the Avalanche template
+    summary_metric: ForgettingSummary
+    loggers: list[Any]
+    epoch_state: EpochCheckpoint
+    stage_progress: StageProgress
+    current: dict[str, Any]  # the stage being trained, for its epoch states
+    meta: dict[str, Any]  # what every checkpoint records besides the weights
+    provenance: dict[str, Any]
+    loader_kw: dict[str, Any]
+    params: int
+
+
+def build_run(cfg: RunConfig, choice: StrategyChoice, root, folder: RunFolder, log) -> BuiltRun:
+    """Model, stream (or its feature cache), evaluator and loggers, remedies, the Avalanche template."""
+    from avalanche.training import JointTraining, Naive
+
+    from strategies import build_remedies
 
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
-    model = OneHeadNet(ModelConfig(backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model))
-    stream = build_stream(root.path, cfg.order, cfg.image_size, model.mean, model.std,
-                          max_images=cfg.max_images)
-    log(f"stream ({' -> '.join(cfg.order)}), image size {cfg.image_size}, strategy {strategy_name}:")
-    log(describe_stream(stream))
-    log("note: Avalanche calls every evaluated stream 'test_stream': in this run's log and TensorBoard tags "
-        "(.../eval_phase/test_stream/...) it is each task's validation split")
-    params = count_parameters(model)
-    log(f"model: {cfg.backbone} ({model.weights_source or 'random init'}), "
-        f"{params['total'] / 1e6:.2f} M parameters")
-
+    model, stream, params = build_model_and_stream(cfg, choice.name, root, log)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
                                                 cfg.output_lr_mult))
     criterion = OneHeadCriterion(model.task_settings, cfg.task_weights, seg_loss_stride=cfg.seg_loss_stride)
     plans = resolve_plans({} if cfg.joint else cfg.plan, cfg.order)
-    benchmark, cache_seconds = stream.benchmark, 0.0
-    if cfg.cache and not cfg.joint and uses_cache(plans):
-        t0 = time.perf_counter()
-        benchmark = cached_benchmark(stream, model, plans, cfg, log)
-        cache_seconds = time.perf_counter() - t0
-    tensorboard = TensorboardLogger(str(run_dir / "tb"))
-    loggers = [TextLogger(open(run_dir / "log.txt", "a", buffering=1)), tensorboard]
+    benchmark, cache_seconds = build_benchmark(cfg, stream, model, plans, log)
+    evaluator, summary_metric, loggers, tensorboard = build_evaluator(cfg, choice.name, stream, model, folder)
+    remedies = build_remedies(choice.remedies, choice.options)
+    train_exps = list(benchmark.train_stream)
+    stages = stage_plan(cfg, train_exps)
+    current = {"stage": 0, "task": "", "t0": 0.0, "seconds": 0.0}
+    progress_plugins = build_progress_plugins(cfg, choice.name, stream, plans, stages, folder, current,
+                                              tensorboard.writer, log)
+    template = JointTraining if cfg.joint else Naive
+    strategy = template(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
+                        train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=torch.device(cfg.device),
+                        plugins=remedies.plugins + list(progress_plugins), evaluator=evaluator, eval_every=-1)
+    meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
+                image_size=cfg.image_size,
+                data={"root": str(root.path), "synthetic": root.synthetic, "seed": cfg.seed})
+    provenance = {"command": " ".join(sys.argv), "strategy": choice.name, "seed": cfg.seed, "order": cfg.order,
+                  "commit": git_commit()}
+    # cached features are already in memory: worker processes would only add copies through shared memory
+    loader_kw = {"num_workers": 0 if benchmark is not stream.benchmark else cfg.workers, "persistent_workers": False}
+    return BuiltRun(cfg=cfg, name=choice.name, folder=folder, root=root, model=model, stream=stream,
+                    benchmark=benchmark, cache_seconds=cache_seconds, plans=plans, train_exps=train_exps,
+                    stages=stages, remedies=remedies, strategy=strategy, summary_metric=summary_metric,
+                    loggers=loggers, epoch_state=progress_plugins.epoch_state,
+                    stage_progress=progress_plugins.stage_progress, current=current,
+                    meta=meta, provenance=provenance, loader_kw=loader_kw, params=params)
+
+
+def build_benchmark(cfg: RunConfig, stream, model: OneHeadNet, plans: dict[str, StagePlan], log) -> tuple[Any, float]:
+    """The stream's benchmark, or, when no stage moves the backbone, its frozen-feature cache
+    (and the seconds building it took)."""
+    if not (cfg.cache and not cfg.joint and uses_cache(plans)):
+        return stream.benchmark, 0.0
+    t0 = time.perf_counter()
+    benchmark = cached_benchmark(stream, model, plans, cfg, log)
+    return benchmark, time.perf_counter() - t0
+
+
+class ProgressPlugins(NamedTuple):
+    """The plugins that follow the remedies, in their working order."""
+
+    warmup: WarmupCosinePlugin
+    stage_progress: StageProgress
+    epoch_state: EpochCheckpoint
+    extras: TensorboardExtras
+
+
+def build_progress_plugins(cfg: RunConfig, name: str, stream, plans: dict[str, StagePlan], stages, folder: RunFolder,
+                           current: dict[str, Any], writer, log) -> ProgressPlugins:
+    """The LR schedule, the progress line, the epoch states (``current``: the stage being trained)
+    and TensorBoard's extras."""
+    stage_progress = StageProgress([(task, epochs * stage_size(exp)) for task, exp, epochs in stages], log)
+    warmup = WarmupCosinePlugin()
+    epoch_state = EpochCheckpoint(lambda s: folder.write_epoch_state(
+        {**s, "stage": current["stage"], "task": current["task"],
+         "seconds": current["seconds"] + time.perf_counter() - current["t0"]}, log),
+        {"warmup": warmup, "progress": stage_progress})
+    extras = TensorboardExtras(writer, settings_text(cfg, name, plans), log=log,
+                               preview=lambda m: preview_figure(m, stream, cfg))
+    return ProgressPlugins(warmup, stage_progress, epoch_state, extras)
+
+
+def build_model_and_stream(cfg: RunConfig, name: str, root, log) -> tuple[OneHeadNet, Any, int]:
+    """The model (initialised from the run's seed), the task stream, and the model's parameter count."""
+    from benchmarks import build_stream
+    from benchmarks.stream import describe_stream
+
+    model = OneHeadNet(ModelConfig(backbone=cfg.backbone, pretrained=cfg.pretrained, **cfg.model))
+    stream = build_stream(root.path, cfg.order, cfg.image_size, model.mean, model.std, max_images=cfg.max_images)
+    log(f"stream ({' -> '.join(cfg.order)}), image size {cfg.image_size}, strategy {name}:")
+    log(describe_stream(stream))
+    log("note: Avalanche calls every evaluated stream 'test_stream': in this run's log and TensorBoard tags "
+        "(.../eval_phase/test_stream/...) it is each task's validation split")
+    params = count_parameters(model)["total"]
+    log(f"model: {cfg.backbone} ({model.weights_source or 'random init'}), {params / 1e6:.2f} M parameters")
+    return model, stream, params
+
+
+def build_evaluator(cfg: RunConfig, name: str, stream, model: OneHeadNet,
+                    folder: RunFolder) -> tuple[Any, ForgettingSummary, list, Any]:
+    """Avalanche's evaluator with every task's metric (with the model's settings for the task), the
+    forgetting summary and the epoch loss, logging to ``log.txt``, TensorBoard and (with progress)
+    the terminal."""
+    from avalanche.evaluation.metrics import loss_metrics
+    from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    tensorboard = TensorboardLogger(str(folder.tensorboard_dir))
+    loggers = [TextLogger(open(folder.log_file, "a", buffering=1)), tensorboard]
     if cfg.progress:
         loggers.append(InteractiveLogger())
     task_metrics = [TaskMetric(t, len(stream.classes[t]), class_names=stream.classes[t], **model.task_settings[t])
                     for t in cfg.order]
-    summary_metric = ForgettingSummary(task_metrics, cfg.order, strategy_name)
+    summary_metric = ForgettingSummary(task_metrics, cfg.order, name)
     summary = [] if cfg.joint else [summary_metric]  # one joint stage: nothing to forget
     evaluator = EvaluationPlugin(*task_metrics, *summary, loss_metrics(epoch=True), loggers=loggers)
-    remedies = build_plugins(remedy_name, options)
-    train_exps = list(benchmark.train_stream)
-    stages = stage_plan(cfg, train_exps)
-    stage_progress = StageProgress([(name, epochs * stage_size(exp)) for name, exp, epochs in stages], log)
-    template = JointTraining if cfg.joint else Naive
-    warmup = WarmupCosinePlugin()
-    at = {"stage": 0, "task": "", "t0": 0.0, "seconds": 0.0}  # the stage being trained, for its epoch states
-    epoch_state = EpochCheckpoint(lambda s: save_epoch_state(run_dir, {**s, "stage": at["stage"], "task": at["task"],
-                                                                      "seconds": at["seconds"] + time.perf_counter()
-                                                                      - at["t0"]}, log),
-                                  {"warmup": warmup, "progress": stage_progress})
-    extras = TensorboardExtras(tensorboard.writer, settings_text(cfg, strategy_name, plans), log=log,
-                               preview=lambda m: preview_figure(m, stream, cfg))
-    strategy = template(model=model, optimizer=optimizer, criterion=criterion, train_mb_size=cfg.batch_size,
-                        train_epochs=1, eval_mb_size=cfg.eval_batch_size, device=device,
-                        plugins=remedies + [warmup, stage_progress, epoch_state, extras], evaluator=evaluator,
-                        eval_every=-1)
+    return evaluator, summary_metric, loggers, tensorboard
 
-    meta = dict(classes=stream.classes, class_keys={t: ds.class_keys for t, ds in stream.train_sets.items()},
-                image_size=cfg.image_size,
-                data={"root": str(root.path), "synthetic": root.synthetic, "seed": cfg.seed})
-    provenance = {"command": " ".join(sys.argv), "strategy": strategy_name, "seed": cfg.seed,
-                  "order": cfg.order, "commit": git_commit()}
-    # cached features are already in memory: worker processes would only add copies through shared memory
-    loader_kw = {"num_workers": 0 if benchmark is not stream.benchmark else cfg.workers, "persistent_workers": False}
-    progress = {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}
-    mid = None  # the epoch state of an unfinished stage
+
+# --- stages -----------------------------------------------------------------------------------
+
+def run_stages(built: BuiltRun, state: dict[str, Any] | None, log) -> dict[str, Any]:
+    """Train, evaluate and save every stage not finished yet; the progress record at the end."""
+    progress, mid = empty_progress(), None  # mid: the epoch state of an unfinished stage
     if state is not None:
-        progress = restore_progress(state, run_dir, [s[0] for s in stages], model, strategy, remedies,
-                                    train_exps, summary_metric, plans=plans, num_workers=loader_kw["num_workers"])
-        mid = state.get("epoch")
-        done = progress["done"]
-        log(f"resuming {run_dir} "
-            + (f"in stage {done + 1} ({stages[done][0]}) after epoch {mid['epochs_done']}/{stages[done][2]}"
-               if mid else f"after stage {done} ({', '.join(s[0] for s in stages[:done])})"))
-    for i in range(progress["done"], len(stages)):
-        task, exp, strategy.train_epochs = stages[i]
-        seed_everything(stage_seed(cfg.seed, i))
-        plan = plans.get(task, StagePlan())
-        log(f"== stage {i + 1}/{len(stages)}: {task} ({strategy.train_epochs} epoch"
-            f"{'s' if strategy.train_epochs != 1 else ''}; trains {', '.join(plan.train)}"
-            + (f"; first {plan.head_warmup_epochs} fit only its output channels" if plan.head_warmup_epochs else "")
-            + ")")
-        t0 = time.perf_counter()
-        at.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
-        epoch_state.pending, mid = mid, None
-        stage_progress.start_stage(i)
-        apply_plan(model, plan)
-        strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
-                                                                 cfg.weight_decay, cfg.output_lr_mult))
-        strategy.optimized_param_id = None
-        warmup = ([HeadWarmup(plan.head_warmup_epochs, model.output_slices()[task])]
-                  if plan.head_warmup_epochs and task in model.output_slices() else [])
-        strategy.plugins.extend(warmup)
-        # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
-        size = stage_size(exp)
-        try:
-            strategy.train(exp, reset_optimizer_state=True, drop_last=size >= cfg.batch_size, **loader_kw)
-        finally:
-            for w in warmup:
-                strategy.plugins.remove(w)
-        progress["stage_seconds"][task] = at["seconds"] + time.perf_counter() - t0
-        results = strategy.eval(benchmark.test_stream, **loader_kw)
-        row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(cfg.order)]
-        progress["matrix"].append(row)
-        progress["extras"].append({k: float(v) for k, v in results.items()
-                                   if isinstance(v, (int, float)) and "eval_phase" in k})
-        progress["done"] = i + 1
-        log(f"   after {task}: " + ", ".join(f"{t} {TASKS[t].metric_name} {v:.4f}" for t, v in zip(cfg.order, row)))
-        save_checkpoint(run_dir / f"stage{i + 1}_{task}.pt", model, **meta,
-                        provenance={**provenance, "stage": i + 1,
-                                    "trained": cfg.order if cfg.joint else cfg.order[: i + 1]})
-        # Avalanche's iteration counters are the x axis of every logged metric: a resumed run goes on from them
-        progress["clock"] = {k: int(getattr(strategy.clock, k)) for k in CLOCK_COUNTERS}
-        save_resume_state(run_dir, progress, remedies)
-        with contextlib.suppress(OSError):  # the finished stage's state supersedes its epoch states
-            (run_dir / EPOCH_FILE).unlink(missing_ok=True)
+        progress, mid = resume_progress(built, state, log)
+    for i in range(progress["done"], len(built.stages)):
+        train_stage(built, i, mid, progress, log)
+        mid = None
+        evaluate_stage(built, i, progress, log)
+        save_stage(built, i, progress)
+    return progress
 
-    final_provenance = {**provenance, "stage": len(stages), "trained": cfg.order}
-    last = run_dir / f"stage{len(stages)}_{stages[-1][0]}.pt"
-    if not link_final_model(last, run_dir / "model.pt"):
-        save_checkpoint(run_dir / "model.pt", model, **meta, provenance=final_provenance)
+
+def resume_progress(built: BuiltRun, state: dict[str, Any], log) -> tuple[dict[str, Any], dict | None]:
+    """The progress of the finished stages put back into the run (weights, remedies, clock) and
+    the epoch state of the unfinished one, if any."""
+    progress = restore_progress(state, built)
+    mid = state.get("epoch")
+    done, stages = progress["done"], built.stages
+    log(f"resuming {built.folder} "
+        + (f"in stage {done + 1} ({stages[done][0]}) after epoch {mid['epochs_done']}/{stages[done][2]}"
+           if mid else f"after stage {done} ({', '.join(s[0] for s in stages[:done])})"))
+    return progress, mid
+
+
+def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, Any], log) -> None:
+    """Stage ``i``: its seed, plan and optimizer, then Avalanche's training (from ``mid``, the
+    state after an epoch of it, when given)."""
+    cfg, model, strategy = built.cfg, built.model, built.strategy
+    task, exp, strategy.train_epochs = built.stages[i]
+    seed_everything(stage_seed(cfg.seed, i))
+    plan = built.plans.get(task, StagePlan())
+    log(f"== stage {i + 1}/{len(built.stages)}: {task} ({strategy.train_epochs} epoch"
+        f"{'s' if strategy.train_epochs != 1 else ''}; trains {', '.join(plan.train)}"
+        + (f"; first {plan.head_warmup_epochs} fit only its output channels" if plan.head_warmup_epochs else "")
+        + ")")
+    t0 = time.perf_counter()
+    built.current.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
+    built.epoch_state.pending = mid
+    built.stage_progress.start_stage(i)
+    apply_plan(model, plan)
+    strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
+                                                             cfg.weight_decay, cfg.output_lr_mult))
+    strategy.optimized_param_id = None
+    warmup = ([HeadWarmup(plan.head_warmup_epochs, model.output_slices()[task])]
+              if plan.head_warmup_epochs and task in model.output_slices() else [])
+    strategy.plugins.extend(warmup)
+    # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
+    try:
+        strategy.train(exp, reset_optimizer_state=True, drop_last=stage_size(exp) >= cfg.batch_size,
+                       **built.loader_kw)
+    finally:
+        for w in warmup:
+            strategy.plugins.remove(w)
+    progress["stage_seconds"][task] = built.current["seconds"] + time.perf_counter() - t0
+    loss = last_epoch_loss(strategy, task)
+    if loss is not None:
+        progress["last_epoch_loss"][task] = loss
+
+
+def last_epoch_loss(strategy, task: str) -> float | None:
+    """The stage's training loss in its last epoch, as Avalanche's evaluator last emitted it
+    (None for the joint stage, or when no epoch of the stage ran in this process)."""
+    if task not in TASKS:
+        return None
+    value = strategy.evaluator.get_last_metrics().get(epoch_loss_key(task))
+    return None if value is None else float(value)
+
+
+def evaluate_stage(built: BuiltRun, i: int, progress: dict[str, Any], log) -> None:
+    """Every task of the run on its validation split after stage ``i``: one row of the matrix."""
+    order = built.cfg.order
+    results = built.strategy.eval(built.benchmark.test_stream, **built.loader_kw)
+    row = [float(results.get(metric_key(TASKS[t].metric_name, t, j), 0.0)) for j, t in enumerate(order)]
+    progress["matrix"].append(row)
+    progress["extras"].append({k: float(v) for k, v in results.items()
+                               if isinstance(v, (int, float)) and "eval_phase" in k})
+    progress["done"] = i + 1
+    log(f"   after {built.stages[i][0]}: "
+        + ", ".join(f"{t} {TASKS[t].metric_name} {v:.4f}" for t, v in zip(order, row)))
+
+
+def save_stage(built: BuiltRun, i: int, progress: dict[str, Any]) -> None:
+    """The stage's checkpoint, then its state (which supersedes its epoch states)."""
+    cfg, task = built.cfg, built.stages[i][0]
+    built.folder.save_stage_checkpoint(i + 1, task, built.model, **built.meta,
+                                       provenance={**built.provenance, "stage": i + 1,
+                                                   "trained": cfg.order if cfg.joint else cfg.order[: i + 1]})
+    # Avalanche's iteration counters are the x axis of every logged metric: a resumed run goes on from them
+    progress["clock"] = {k: int(getattr(built.strategy.clock, k)) for k in CLOCK_COUNTERS}
+    built.folder.write_stage_state(progress, built.remedies.resume_state())
+    built.folder.clear_epoch_state()
+
+
+def restore_progress(state: dict[str, Any], built: BuiltRun) -> dict[str, Any]:
+    """Weights of the last finished stage, remedy state, Avalanche's experience counter.
+
+    Remedy state a resume file does not store (EWC's Fisher information) is computed again
+    at the end of each finished stage, from that stage's checkpoint and its plan."""
+    progress = {"last_epoch_loss": {}, **state["progress"]}  # folders of before kept no epoch losses
+    done = int(progress["done"])
+    names = [s[0] for s in built.stages]
+    model, strategy, folder, train_exps = built.model, built.strategy, built.folder, built.train_exps
+    built.remedies.restore(state["remedies"], strategy, train_exps[:done])
+    rebuild = built.remedies.rebuilders()
+    optimizer = strategy.optimizer
+    try:
+        for t in range(done):
+            if not any(p.needs_rebuild(t) for p in rebuild):
+                continue
+            model.load_state_dict(folder.stage_weights(t + 1, names[t]))
+            apply_plan(model, built.plans.get(names[t], StagePlan()))
+            # as in the stage's own optimizer, every parameter's gradient is cleared between batches
+            strategy.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+            for p in rebuild:
+                p.rebuild_stage(strategy, t, train_exps[t], num_workers=built.loader_kw["num_workers"])
+    finally:
+        strategy.optimizer = optimizer
+    if done:
+        model.load_state_dict(folder.stage_weights(done, names[done - 1]))
+    for k, v in progress.get("clock", {}).items():
+        setattr(strategy.clock, k, int(v))
+    strategy.clock.train_exp_counter = done
+    built.summary_metric.matrix = [list(r) for r in progress["matrix"]]
+    return progress
+
+
+# --- results ----------------------------------------------------------------------------------
+
+def write_results(built: BuiltRun, progress: dict[str, Any], log) -> Path:
+    """``model.pt``, ``metrics.json`` (+ detail), the forgetting figure, the closing summary."""
+    cfg, folder, stages = built.cfg, built.folder, built.stages
+    folder.save_final_model(len(stages), stages[-1][0], built.model, **built.meta,
+                            provenance={**built.provenance, "stage": len(stages), "trained": cfg.order})
+    metrics = metrics_document(built, progress)
+    folder.write_metrics(metrics, progress["extras"])
+    try:
+        from .figures import save_matrix_figure
+
+        save_matrix_figure(metrics, folder.matrix_figure)
+    except Exception as e:  # a figure must never lose a finished run
+        log(f"warning: could not draw figures ({e})")
+    for lg in built.loggers:
+        if hasattr(lg, "close"):
+            lg.close()
+    for line in closing_summary(metrics, folder.path, built.root.path, [s[0] for s in stages]):
+        log(line)
+    return folder.path
+
+
+def metrics_document(built: BuiltRun, progress: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json``: DESIGN.md's contract, and what the run measured besides."""
+    cfg = built.cfg
     metrics = {
-        **summary_document(progress["matrix"], cfg.order, strategy_name, joint=cfg.joint), "seed": cfg.seed,
-        "stages": [s[0] for s in stages],
-        "params": int(params["total"]),
-        "train_seconds": float(sum(progress["stage_seconds"].values()) + cache_seconds),
-        "stage_seconds": progress["stage_seconds"], "cache_seconds": float(cache_seconds),
+        **summary_document(progress["matrix"], cfg.order, built.name, joint=cfg.joint), "seed": cfg.seed,
+        "stages": [s[0] for s in built.stages],
+        "params": int(built.params),
+        "train_seconds": float(sum(progress["stage_seconds"].values()) + built.cache_seconds),
+        "stage_seconds": progress["stage_seconds"], "cache_seconds": float(built.cache_seconds),
+        "last_epoch_loss": progress["last_epoch_loss"],
         "image_size": cfg.image_size, "epochs": cfg.epochs,
-        "plan": {t: p.to_dict() for t, p in plans.items()},
-        "data_root": str(root.path), "synthetic": root.synthetic,
+        "plan": {t: p.to_dict() for t, p in built.plans.items()},
+        "data_root": str(built.root.path), "synthetic": built.root.synthetic,
     }
     metrics.update(extra_matrices(progress["extras"], cfg.order))
     if cfg.joint:
@@ -308,52 +507,25 @@ def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
                                         "not allowed by the challenge; no per-task baseline, so no drops")
     elif len(cfg.order) > 1:
         metrics.update(summary_values(progress["matrix"], cfg.order))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "metrics_detail.json").write_text(json.dumps(progress["extras"], indent=2))
-    try:
-        from .figures import save_matrix_figure
-
-        save_matrix_figure(metrics, run_dir / "matrix.png")
-    except Exception as e:  # a figure must never lose a finished run
-        log(f"warning: could not draw figures ({e})")
-    for lg in loggers:
-        if hasattr(lg, "close"):
-            lg.close()
-    for line in closing_summary(metrics, run_dir, root.path, [s[0] for s in stages]):
-        log(line)
-    return run_dir
-
-
-def link_final_model(last_stage: Path, model_pt: Path) -> bool:
-    """``model.pt`` as a second name (hard link) of the last stage's checkpoint, which holds the
-    same weights and provenance: the run folder keeps one copy.  False where links fail."""
-    tmp = model_pt.with_name(f".{model_pt.name}.link")
-    try:
-        tmp.unlink(missing_ok=True)
-        os.link(last_stage, tmp)
-        os.replace(tmp, model_pt)
-        return True
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return False
+    return metrics
 
 
 def closing_summary(metrics: dict[str, Any], run_dir: Path, data_root: Path, stages: list[str]) -> list[str]:
-    """The lines that end a run: the matrix, the drops against the 5 % bar, the time, and the
-    ``eval.py`` command that scores this run's model."""
+    """The lines that end a run: the matrix, the drops against the challenge's bar
+    (``rules.DROP_BAR_PCT``), the time, and the ``eval.py`` command that scores this run's model."""
     secs = metrics.get("stage_seconds", {})
     parts = ", ".join(f"{t} {secs[t] / 60:.1f}" for t in stages if t in secs)
     if metrics.get("cache_seconds"):
         parts += f"; feature cache {metrics['cache_seconds'] / 60:.1f}"
     tasks = metrics["tasks"]
     which = "all" if sorted(tasks) == sorted(TASKS) else ",".join(tasks)
+    model = Path(run_dir) / RunFolder.MODEL
     return [f"== summary: {metrics['strategy']}, seed {metrics.get('seed', 0)}, metric on each task's "
             f"validation split after each stage",
-            *("   " + line for line in summary_table(metrics)),
+            *("   " + line for line in summary_table(metrics, rules.DROP_BAR_PCT)),
             f"   training time {metrics['train_seconds'] / 60:.1f} min ({parts} min)",
             f"   run folder: {run_dir}",
-            f"   evaluate: python eval.py --weights {shlex.quote(str(Path(run_dir) / 'model.pt'))} "
+            f"   evaluate: python eval.py --weights {shlex.quote(str(model))} "
             f"--data_root {shlex.quote(str(data_root))} --tasks {which}"]
 
 
@@ -459,180 +631,4 @@ def extra_matrices(extras: list[dict[str, float]], order: list[str]) -> dict[str
     return out
 
 
-RESUME_FILE = "resume.pt"
-EPOCH_FILE = "resume_epoch.pt"
 CLOCK_COUNTERS = ("train_iterations", "total_iterations")
-
-
-def stage_state_file(stage: int) -> str:
-    """The state right after ``stage`` (1-based), kept so that a fork can start there
-    (experiments/fork_run.py): another remedy after stage 1, another schedule later on."""
-    return f"resume_stage{stage}.pt"
-
-
-def save_epoch_state(run_dir: Path, state: dict[str, Any], log=print) -> bool:
-    """``resume_epoch.pt``: the unfinished stage after its latest epoch, through a temporary
-    file.  A failed write is said once per stage and the run goes on (only a stop before the
-    stage ends would lose its epochs)."""
-    tmp = run_dir / f".{EPOCH_FILE}.tmp"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, run_dir / EPOCH_FILE)
-        return True
-    except (OSError, RuntimeError) as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if _warned_epoch_state.get(str(run_dir)) != state["stage"]:
-            _warned_epoch_state[str(run_dir)] = state["stage"]
-            reason = getattr(e, "strerror", None) or (str(e).splitlines() or [e.__class__.__name__])[0][:100]
-            log(f"warning: {run_dir / EPOCH_FILE}: could not write the state after epoch {state['epochs_done']} "
-                f"({reason}); a stop before this stage ends would lose its epochs")
-        return False
-
-
-_warned_epoch_state: dict[str, int] = {}
-
-
-def save_resume_state(run_dir: Path, progress: dict[str, Any], remedies: list[Any]) -> None:
-    """The state after the stage just finished: its own ``resume_stage{i}.pt`` first, then
-    ``resume.pt``, each through a temporary file.  If a write fails (disk full) nothing
-    half-written stays, and the files already in place still resume the run."""
-    from .errors import OneHeadError
-
-    state = {"progress": progress,
-             "remedies": {type(p).__name__: p.resume_state() for p in remedies if hasattr(p, "resume_state")}}
-    done = int(progress["done"])
-    for name in (stage_state_file(done), RESUME_FILE):
-        tmp = run_dir / f".{name}.tmp"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, run_dir / name)
-        except (OSError, RuntimeError) as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            reason = getattr(e, "strerror", None) or (str(e).splitlines() or [e.__class__.__name__])[0][:100]
-            kept = done if name == RESUME_FILE else done - 1
-            if kept:
-                then = f"--resume {run_dir} continues after stage {kept}"
-            elif (run_dir / EPOCH_FILE).is_file():
-                then = f"--resume {run_dir} repeats only the end of stage {done}"
-            else:
-                then = "no stage is resumable yet: start the run again"
-            raise OneHeadError(run_dir / name, f"could not write the resume state after stage {done} "
-                               f"({reason}); free some space, then {then}") from None
-
-
-def _read_state(f: Path) -> dict[str, Any]:
-    """A resume state file, loaded safely (``weights_only``) and checked for the fields resuming reads."""
-    from .errors import OneHeadError
-
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign or hostile (a pickle that is not plain data)
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise OneHeadError(f, f"not a readable resume state ({e.__class__.__name__}: {first})") from None
-    progress = state.get("progress") if isinstance(state, dict) else None
-    if not isinstance(progress, dict) or not isinstance(state.get("remedies", {}), dict):
-        raise OneHeadError(f, "not a resume state (no 'progress' record)")
-    done = progress.get("done")
-    matrix = progress.get("matrix")
-    if isinstance(done, bool) or not isinstance(done, int) or done < 1:
-        raise OneHeadError(f, f"resume state names no finished stage (done = {done!r})")
-    if not (isinstance(matrix, list) and len(matrix) == done and all(
-            isinstance(r, list) and all(isinstance(v, (int, float)) for v in r) for r in matrix)):
-        raise OneHeadError(f, f"resume state's metric matrix does not hold one row per finished stage ({done})")
-    if not isinstance(progress.get("extras", []), list) or not isinstance(progress.get("stage_seconds", {}), dict):
-        raise OneHeadError(f, "resume state's 'extras' or 'stage_seconds' record is damaged")
-    return state
-
-
-def _read_epoch_state(f: Path) -> dict[str, Any]:
-    """``resume_epoch.pt``, loaded safely and checked for the fields continuing a stage reads."""
-    from .errors import OneHeadError
-
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise OneHeadError(f, f"not a readable epoch state ({e.__class__.__name__}: {first})") from None
-    ok = isinstance(state, dict) and all(k in state for k in ("stage", "epochs_done", "model", "optimizer",
-                                                              "parts", "clock", "rng", "seconds"))
-    if not ok or not all(isinstance(state[k], int) and not isinstance(state[k], bool) and state[k] >= 0
-                         for k in ("stage", "epochs_done")):
-        raise OneHeadError(f, "not an epoch state (its 'stage', 'epochs_done', weights or RNG state are missing)")
-    return state
-
-
-def load_resume_state(run_dir: Path, stages: list[str] | None = None) -> dict[str, Any]:
-    """The latest resumable state of ``run_dir``: ``resume.pt``, or a later ``resume_stage{i}.pt``
-    when writing ``resume.pt`` after it failed; under ``"epoch"`` the state of the next stage
-    after its latest epoch (``resume_epoch.pt``), if one was saved.  With ``stages`` (the
-    run's stage names) the state must fit them and its last stage's checkpoint must be there."""
-    from .errors import OneHeadError
-
-    run_dir = Path(run_dir)
-    f = run_dir / RESUME_FILE
-    state = _read_state(f) if f.is_file() else None
-    done = int(state["progress"]["done"]) if state else 0
-    later = sorted((int(m.group(1)), p) for p in run_dir.glob("resume_stage*.pt")
-                   if (m := re.fullmatch(r"resume_stage(\d+)\.pt", p.name)) and int(m.group(1)) > done)
-    if later:
-        f = later[-1][1]
-        state = _read_state(f)
-        done = int(state["progress"]["done"])
-    epoch = _read_epoch_state(run_dir / EPOCH_FILE) if (run_dir / EPOCH_FILE).is_file() else None
-    if epoch is not None and epoch["stage"] != done:  # left over from a stage that has finished since
-        epoch = None
-    if state is None and epoch is None:
-        raise OneHeadError(run_dir, f"nothing to resume: no {RESUME_FILE} or {EPOCH_FILE} "
-                                    "(no epoch finished yet?)")
-    if state is None:
-        state = {"progress": {"done": 0, "matrix": [], "extras": [], "stage_seconds": {}}, "remedies": {}}
-    state["epoch"] = epoch
-    if stages is not None:
-        if done > len(stages):
-            raise OneHeadError(f, f"resume state says {done} stages finished, the run has {len(stages)}")
-        if epoch is not None and (done >= len(stages) or epoch.get("task", stages[done]) != stages[done]):
-            raise OneHeadError(run_dir / EPOCH_FILE, f"its stage {epoch['stage'] + 1} is not a stage of this run")
-        ckpt = run_dir / f"stage{done}_{stages[done - 1]}.pt" if done else None
-        if ckpt is not None and not ckpt.is_file():
-            raise OneHeadError(ckpt, f"missing: the checkpoint of stage {done}, which {f.name} resumes from")
-    return state
-
-
-def restore_progress(state, run_dir: Path, stage_names: list[str], model, strategy, remedies, train_exps,
-                     summary_metric, plans: dict[str, StagePlan] | None = None,
-                     num_workers: int = 0) -> dict[str, Any]:
-    """Weights of the last finished stage, remedy state, Avalanche's experience counter.
-
-    Remedy state a resume file does not store (EWC's Fisher information) is computed again
-    at the end of each finished stage, from that stage's checkpoint and its plan."""
-    from .checkpoint import read_checkpoint
-
-    progress = state["progress"]
-    done = int(progress["done"])
-    for p in remedies:
-        if hasattr(p, "restore"):
-            p.restore(state["remedies"].get(type(p).__name__, {}), strategy, train_exps[:done])
-    rebuild = [p for p in remedies if hasattr(p, "rebuild_stage")]
-    optimizer = strategy.optimizer
-    try:
-        for t in range(done):
-            if not any(p.needs_rebuild(t) for p in rebuild):
-                continue
-            model.load_state_dict(read_checkpoint(run_dir / f"stage{t + 1}_{stage_names[t]}.pt")["state_dict"])
-            apply_plan(model, (plans or {}).get(stage_names[t], StagePlan()))
-            # as in the stage's own optimizer, every parameter's gradient is cleared between batches
-            strategy.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-            for p in rebuild:
-                p.rebuild_stage(strategy, t, train_exps[t], num_workers=num_workers)
-    finally:
-        strategy.optimizer = optimizer
-    if done:
-        ckpt = read_checkpoint(run_dir / f"stage{done}_{stage_names[done - 1]}.pt")
-        model.load_state_dict(ckpt["state_dict"])
-    for k, v in progress.get("clock", {}).items():
-        setattr(strategy.clock, k, int(v))
-    strategy.clock.train_exp_counter = done
-    summary_metric.matrix = [list(r) for r in progress["matrix"]]
-    return progress

@@ -16,6 +16,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from . import rules as challenge_rules  # "rules" below are this module's setting rules
 from .errors import OneHeadError
 from .tasks import TASKS
 
@@ -240,7 +241,7 @@ def _model_rules() -> Rule:
            "score_threshold": number(0, hi=1), "nms_iou": number(0, above=True, hi=1),
            "pre_nms_topk": whole(1), "max_detections": whole(1), "focal_alpha": number(0, hi=1),
            "focal_gamma": number(0)}
-    rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(2, 3),
+    rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(*challenge_rules.HEAD_LAYERS),
              "norm": text(("none", "gn", "bn")), "groups": whole(1), "init": text(("dirac", "default")),
              "freeze_backbone_bn": boolean, "num_classes": task_map(whole(1))}
     return settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
@@ -263,12 +264,11 @@ def _plan_rules() -> Rule:
 
 def _remedy_rules() -> Rule:
     from strategies import RemedyOptions
-    from strategies.remedies import MAX_REPLAY_PER_TASK_PER_STEP
 
     return settings_of(RemedyOptions, {
         "ewc_lambda": number(0), "ewc_mode": text(("separate", "online")),
         "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
-        "replay_per_step": whole(1, MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
+        "replay_per_step": whole(1, challenge_rules.MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
         "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
         "lwf_task_weights": task_map(number(0)),
         "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)})
@@ -409,21 +409,21 @@ def check_writable_place(path: Path, flag: str) -> None:
 
 def check_run_folder(out: Path, flag: str = "--out", overwrite: bool = False) -> None:
     """A new run's folder: absent or empty, unless ``overwrite`` is asked for a run folder."""
-    from .training import RESUME_FILE
+    from .run_folder import RunFolder
 
     if out.exists() and not out.is_dir():
         raise SettingError(flag, f"{out} exists and is not a folder")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held:
         if not overwrite:
-            hint = ("it holds a finished run" if "metrics.json" in held else
-                    f"it holds a run that can be continued with --resume {out}" if RESUME_FILE in held
+            hint = ("it holds a finished run" if RunFolder.METRICS in held else
+                    f"it holds a run that can be continued with --resume {out}" if RunFolder.RESUME_STATE in held
                     else f"it holds {len(held)} entr{'y' if len(held) == 1 else 'ies'} ({', '.join(held[:3])}"
                          f"{', ...' if len(held) > 3 else ''})")
             raise SettingError(flag, f"{out} is not empty: {hint}; choose another --out, or --overwrite "
                                "to clear it first")
-        if "config.json" not in held:
-            raise SettingError(flag, f"{out} is not empty and not a run folder (no config.json): "
+        if RunFolder.CONFIG not in held:
+            raise SettingError(flag, f"{out} is not empty and not a run folder (no {RunFolder.CONFIG}): "
                                "--overwrite clears only run folders")
     check_writable_place(out, flag)
 

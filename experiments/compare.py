@@ -26,24 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py, which compar
 
 
 def load_run(folder: Path) -> dict:
+    """A finished run's metrics (checked), its folder and its label (strategy and remedy options)."""
+    from avalanche_onehead.run_folder import RunFolder
     from avalanche_onehead.validation import check_metrics_document
 
-    f = folder / "metrics.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{folder}: no metrics.json (not a finished run folder)")
-    m = check_metrics_document(read_json(f), f)
+    run = RunFolder(folder)
+    if not run.is_finished():
+        raise FileNotFoundError(f"{folder}: no {RunFolder.METRICS} (not a finished run folder)")
+    m = check_metrics_document(run.read_metrics(), run.metrics_file)
     m["folder"] = str(folder)
-    cfg = folder / "config.json"
-    remedy = read_json(cfg).get("remedy", {}) if cfg.is_file() else {}
+    remedy = run.read_config().get("remedy", {})
     m["label"] = label(m["strategy"], remedy if isinstance(remedy, dict) else {})
     return m
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({str(e)[:100]})") from None
 
 
 def label(strategy: str, remedy: dict[str, Any]) -> str:
@@ -84,6 +78,8 @@ def table(runs: list[dict]) -> str:
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
+    from avalanche_onehead import rules
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -100,7 +96,7 @@ def plot(runs: list[dict], path: Path) -> None:
     for a, title in ((ax, "final metric (val)"), (bx, "drop vs own baseline (%)")):
         a.set_xticks(x + 0.4 - w / 2, [f"{t} {names[t]}" for t in tasks])
         a.set_title(title)
-    bx.axhline(5, color="k", ls="--", lw=1)
+    bx.axhline(rules.DROP_BAR_PCT, color="k", ls="--", lw=1)
     bx.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -197,15 +193,17 @@ def compare(args: argparse.Namespace, out: Path, run_args: list[str]) -> str:
 def train_or_collect(strategy: str, out: Path, run_args: list[str]) -> dict:
     import run as run_cli  # experiments/run.py
 
+    from avalanche_onehead.run_folder import RunFolder
     from strategies import canonical
 
     folder = out / canonical(strategy)
-    if (folder / "metrics.json").is_file():
+    run = RunFolder(folder)
+    if run.is_finished():
         print(f"{strategy}: collected {folder}")
-    elif any((folder / f).is_file() for f in ("resume.pt", "resume_epoch.pt")):
+    elif run.can_resume():
         run_cli.main(["--resume", str(folder)])
     else:  # a run killed before its first epoch finished is started again
-        again = ["--overwrite"] if (folder / "config.json").is_file() else []
+        again = ["--overwrite"] if run.is_run_folder() else []
         run_cli.main(["--strategy", strategy, "--out", str(folder), *again, *run_args])
     return load_run(folder)
 

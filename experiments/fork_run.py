@@ -25,7 +25,6 @@ source whose strategy had it.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avalanche_onehead.cli import fail
 from avalanche_onehead.errors import OneHeadError
+from avalanche_onehead.run_folder import RunFolder
 
 
 def parse_stage_epochs(text: str) -> dict[str, int]:
@@ -60,49 +60,42 @@ def changes_kept_stages(old: dict, new: dict, order: list[str], after_stage: int
     return any(w_old.get(t, 1.0) != w_new.get(t, 1.0) for t in distilled)
 
 
-def stage_state(source: Path, stage: int) -> tuple[Path | None, dict]:
+def stage_state(source: RunFolder, stage: int) -> tuple[Path | None, dict]:
     """The state SOURCE saved right after ``stage``; for a finished run that predates
     per-stage state files, derived from its final state where that is exact."""
-    import torch
-
-    from avalanche_onehead.training import RESUME_FILE, stage_state_file
-
-    for name in (stage_state_file(stage), RESUME_FILE):
-        f = source / name
-        if f.is_file():
-            state = torch.load(f, map_location="cpu", weights_only=True)
-            if int(state["progress"]["done"]) == stage:
-                return f, state
-    last = source / RESUME_FILE
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+    saved = source.state_after(stage)
+    if saved is not None:
+        return saved
+    if source.resume_file.is_file():
+        state = source.read_state(source.resume_file)
         if int(state["progress"]["done"]) > stage:
             return None, truncated_state(source, state, stage)
-    raise ValueError(f"{source}: no state saved right after stage {stage} ({stage_state_file(stage)}); "
+    raise ValueError(f"{source}: no state saved right after stage {stage} ({source.stage_state_name(stage)}); "
                      f"fork from a run folder that finished stage {stage}")
 
 
-def truncated_state(source: Path, state: dict, stage: int) -> dict:
+def truncated_state(source: RunFolder, state: dict, stage: int) -> dict:
     """A later state cut back to ``stage``: the metric rows and stage times of the first
     stages, and remedy state that depends only on them.  Replay refills its memory and
     LwF takes its teacher from the finished stages, so they need nothing; EWC keeps the
     RNG state of each finished task's Fisher pass (run folders of before: one Fisher per
     task in separate mode), so the later tasks' entries are dropped.  A stored online-EWC
     estimate merges all tasks into one, which cannot be taken apart."""
-    cfg = json.loads((source / "config.json").read_text())
-    ewc = state["remedies"].get("OneHeadEWC")
+    cfg = source.read_config()
+    ewc = state["remedies"].get("ewc")
     if ewc and "importances" in ewc and cfg.get("remedy", {}).get("ewc_mode") == "online":
         raise ValueError(f"{source}: online EWC merged the Fisher of later stages into one estimate, and the "
                          f"run kept no state of stage {stage}; it cannot be forked there")
     p = state["progress"]
     tasks = cfg["order"][:stage]
     progress = {"done": stage, "matrix": p["matrix"][:stage], "extras": p["extras"][:stage],
-                "stage_seconds": {t: v for t, v in p["stage_seconds"].items() if t in tasks}}
+                "stage_seconds": {t: v for t, v in p["stage_seconds"].items() if t in tasks},
+                "last_epoch_loss": {t: v for t, v in p.get("last_epoch_loss", {}).items() if t in tasks}}
     # Avalanche's iteration counter after that stage was not kept: the TensorBoard x axis
     # of the new stages starts from 0
     remedies = {}
     if ewc:
-        remedies["OneHeadEWC"] = {k: {t: v for t, v in d.items() if int(t) < stage} for k, d in ewc.items()}
+        remedies["ewc"] = {k: {t: v for t, v in d.items() if int(t) < stage} for k, d in ewc.items()}
     return {"progress": progress, "remedies": remedies}
 
 
@@ -110,16 +103,14 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
          after_stage: int = 1, epochs: dict[str, int] | None = None) -> Path:
     """Write DEST: SOURCE up to stage ``after_stage``, with another strategy (after stage 1)
     or other epochs for the later stages, ready for ``run.py --resume DEST``."""
-    import torch
-
-    from avalanche_onehead.training import stage_state_file
     from strategies import canonical, parse_strategy
 
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(f"{source}: not a run folder (no config.json)")
+    src = RunFolder(source)
+    if not src.is_run_folder():
+        raise FileNotFoundError(f"{source}: not a run folder (no {RunFolder.CONFIG})")
     if dest.exists() and any(dest.iterdir()):
         raise OneHeadError(dest, "already exists and is not empty")
-    cfg = json.loads((source / "config.json").read_text())
+    cfg = src.read_config()
     if cfg.get("joint"):
         raise ValueError(f"{source}: a joint-training run has one stage, nothing to fork")
     order = cfg["order"]
@@ -139,39 +130,34 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
     if changed:
         raise ValueError(f"--epochs: {', '.join(changed)} is already trained in the first {after_stage} "
                          f"stage(s) of {source}; only {', '.join(order[after_stage:])} can change")
-    state_file, state = stage_state(source, after_stage)
-    ewc = state["remedies"].get("OneHeadEWC", {})
+    state_file, state = stage_state(src, after_stage)
+    ewc = state["remedies"].get("ewc", {})
     if "ewc" in parse_strategy(name) and not (ewc.get("importances") or ewc.get("fisher_rng")):
         raise ValueError(f"{source}: its strategy {cfg['strategy']!r} kept no EWC Fisher information of "
                          f"stage 1, so {name!r} cannot start from it; fork from a run with ewc")
-    checkpoints = [source / f"stage{i + 1}_{t}.pt" for i, t in enumerate(done_tasks)]
+    checkpoints = [src.stage_checkpoint(i + 1, t) for i, t in enumerate(done_tasks)]
     for ckpt in checkpoints:
         if not ckpt.is_file():
             raise FileNotFoundError(f"{ckpt}: missing (the source run's checkpoint of that stage)")
-    tmp = dest.with_name(f".{dest.name}.forking")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = RunFolder(dest.with_name(f".{dest.name}.forking"))
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    tmp.path.mkdir(parents=True)
     source_strategy = cfg["strategy"]
     cfg.update(strategy=name, out=str(dest), remedy=new_remedy, epochs={**cfg["epochs"], **(epochs or {})})
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tmp.write_config(cfg)
     for ckpt in checkpoints:
-        shutil.copy2(ckpt, tmp / ckpt.name)
+        shutil.copy2(ckpt, tmp.path / ckpt.name)
     for i in range(1, after_stage):  # the earlier stages' states, so the fork can be forked too
-        if (source / stage_state_file(i)).is_file():
-            shutil.copy2(source / stage_state_file(i), tmp / stage_state_file(i))
-    for target in ("resume.pt", stage_state_file(after_stage)):
-        if state_file is not None:
-            shutil.copy2(state_file, tmp / target)
-        else:
-            torch.save(state, tmp / target)
-    if (source / "tb").is_dir():  # the copied stages' curves, so TensorBoard shows the whole run
-        shutil.copytree(source / "tb", tmp / "tb")
-    (tmp / "forked_from.json").write_text(json.dumps(
-        {"source": str(source), "source_strategy": source_strategy, "stage": after_stage,
-         "state": "saved" if state_file is not None else "derived from the source's final state"}, indent=2))
+        if src.stage_state_file(i).is_file():
+            shutil.copy2(src.stage_state_file(i), tmp.stage_state_file(i))
+    tmp.copy_stage_state(state, after_stage)
+    if src.tensorboard_dir.is_dir():  # the copied stages' curves, so TensorBoard shows the whole run
+        shutil.copytree(src.tensorboard_dir, tmp.tensorboard_dir)
+    tmp.write_forked_from({"source": str(source), "source_strategy": source_strategy, "stage": after_stage,
+                           "state": "saved" if state_file is not None else "derived from the source's final state"})
     if dest.exists():
         dest.rmdir()
-    tmp.rename(dest)
+    tmp.path.rename(dest)
     return dest
 
 
@@ -199,7 +185,7 @@ def main(argv=None) -> int:
     with fail():
         epochs = parse_stage_epochs(args.epochs) if args.epochs else None
         dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy, args.after_stage, epochs)
-        cfg = json.loads((dest / "config.json").read_text())
+        cfg = RunFolder(dest).read_config()
         print(f"forked {args.source} (stages 1-{args.after_stage}) -> {dest}: strategy {cfg['strategy']}, "
               f"epochs {cfg['epochs']}")
         if not args.no_train:

@@ -23,13 +23,15 @@ from avalanche_onehead.cli import fail  # noqa: E402
 
 def release(run_dir: Path, out: Path) -> Path:
     from avalanche_onehead.checkpoint import read_checkpoint
+    from avalanche_onehead.run_folder import RunFolder
 
-    model, metrics_file = run_dir / "model.pt", run_dir / "metrics.json"
-    for f in (model, metrics_file):
+    run = RunFolder(run_dir)
+    model = run.model_file
+    for f in (model, run.metrics_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing (not a finished run folder)")
     payload = read_checkpoint(model)
-    metrics = json.loads(metrics_file.read_text())
+    metrics = run.read_metrics()
     expected = {
         "run": str(run_dir), "strategy": metrics["strategy"], "seed": metrics["seed"],
         "data_root": metrics.get("data_root"), "provenance": payload.get("provenance", {}),

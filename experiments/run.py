@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avalanche_onehead import rules  # noqa: E402
 from avalanche_onehead import validation as check  # noqa: E402
 from avalanche_onehead.cli import OneLineParser, fail  # noqa: E402
 from avalanche_onehead.validation import SettingError, float_flag, int_flag, number, whole  # noqa: E402
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ewc-decay", type=float_flag(number(0, above=True, hi=1)), help="online EWC decay (default 0.9)")
     g.add_argument("--replay-mem", type=int_flag(whole(1)), dest="replay_mem_per_task",
                    help="stored images per task (default 10)")
-    g.add_argument("--replay-per-step", type=int_flag(whole(1, 10)),
-                   help="replayed images per earlier task per step, <= 10 (default 2)")
+    cap = rules.MAX_REPLAY_PER_TASK_PER_STEP
+    g.add_argument("--replay-per-step", type=int_flag(whole(1, cap)),
+                   help=f"replayed images per earlier task per step, <= {cap} (default 2)")
     g.add_argument("--lwf-alpha", type=float_flag(number(0)), help="LwF distillation weight (default 1)")
     g.add_argument("--lwf-temperature", type=float_flag(number(0, above=True)), help="LwF temperature (default 2)")
     g.add_argument("--lwf-task-weights", type=check.task_values_flag(check.task_map(number(0))), metavar="TASK=W,...",
@@ -142,13 +144,14 @@ def main(argv=None) -> int:
         for r in REMEDIES.values():
             print(f"{r.name:10s} {r.summary}")
         return 0
-    from avalanche_onehead.training import default_run_dir, load_resume_state, run
+    from avalanche_onehead.run_folder import RunFolder
+    from avalanche_onehead.training import default_run_dir, run
     from strategies import canonical
 
     with fail():
         if args.resume:
             cfg = resumed_config(Path(args.resume), args)
-            load_resume_state(Path(cfg.out), ["joint"] if cfg.joint else cfg.order)
+            RunFolder(cfg.out).load_resume_state(["joint"] if cfg.joint else cfg.order)
             check_data_before_run(cfg)
             run(cfg, resume=True)
         else:
@@ -162,6 +165,7 @@ def main(argv=None) -> int:
 
 def resumed_config(run_dir: Path, args):
     """The settings a run folder was started with; only --no-progress may be added."""
+    from avalanche_onehead.run_folder import RunFolder
     from avalanche_onehead.training import RunConfig
 
     extra = sorted(args.given - {"resume", "no_progress"})
@@ -169,9 +173,9 @@ def resumed_config(run_dir: Path, args):
         flags = ", ".join(f"--{a.replace('_', '-')}" for a in extra)
         raise SettingError("--resume", f"continues {run_dir} with the settings in its config.json; "
                            f"drop {flags} (or start a new run)")
-    cfg_file = run_dir / "config.json"
+    cfg_file = RunFolder(run_dir).config_file
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: not a run folder (no config.json)")
+        raise FileNotFoundError(f"{cfg_file}: not a run folder (no {cfg_file.name})")
     doc = check.check_config_document(read_json(cfg_file), cfg_file)
     if isinstance(doc.get("epochs"), int):
         doc["epochs"] = {t: doc["epochs"] for t in doc.get("order", [])}
@@ -204,6 +208,7 @@ def run_in_new_folder(cfg, run, clear: bool = False):
     """``run(cfg)`` into a new (or, with ``clear``, emptied) folder; a run that fails before any
     epoch finished (no resume state) leaves nothing behind."""
     from avalanche_onehead.errors import OneHeadError
+    from avalanche_onehead.run_folder import RunFolder
     from benchmarks import DatasetError
 
     out = Path(cfg.out)
@@ -214,7 +219,7 @@ def run_in_new_folder(cfg, run, clear: bool = False):
     try:
         return run(cfg)
     except (DatasetError, OneHeadError, ValueError, OSError):
-        if out.is_dir() and not any(out.glob("resume*.pt")):  # no finished epoch or stage to resume from
+        if out.is_dir() and not RunFolder(out).has_saved_state():  # no finished epoch or stage to resume from
             if existed:
                 for entry in out.iterdir():
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)

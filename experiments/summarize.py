@@ -30,6 +30,7 @@ def replace_block(path: Path, table: str) -> None:
 
 
 def main(argv=None) -> int:
+    from avalanche_onehead import rules
     from avalanche_onehead.results import seed_summary, summary_markdown
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--into", default=None, metavar="FILE.md",
                    help="replace the block between '<!-- seeds:begin -->' and '<!-- seeds:end -->' in FILE.md "
                         "with the table (report.md, README.md)")
-    p.add_argument("--drop-limit", type=float, default=5.0, help="the challenge's drop bar in %% (default 5)")
+    p.add_argument("--drop-limit", type=float, default=rules.DROP_BAR_PCT,
+                   help=f"the challenge's drop bar in %% (default {rules.DROP_BAR_PCT:g})")
     args = p.parse_args(argv)
     with fail():
         summary = seed_summary(args.runs)

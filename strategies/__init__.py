@@ -1,4 +1,14 @@
 """Named forgetting remedies and their composition from a spec such as ``"ewc+replay"``."""
-from .registry import REMEDIES, RemedyOptions, build_plugins, canonical, parse_strategy
+from .registry import (
+    REMEDIES,
+    TEACHER,
+    Remedies,
+    RemedyOptions,
+    build_plugins,
+    build_remedies,
+    canonical,
+    parse_strategy,
+)
 
-__all__ = ["REMEDIES", "RemedyOptions", "build_plugins", "canonical", "parse_strategy"]
+__all__ = ["REMEDIES", "TEACHER", "Remedies", "RemedyOptions", "build_plugins", "build_remedies", "canonical",
+           "parse_strategy"]

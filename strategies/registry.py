@@ -1,13 +1,16 @@
 """One registry of remedies; ``--strategy`` names are joined with ``+`` in any order.
 
-To add a remedy: write its plugin(s) in ``remedies.py`` and add one ``Remedy`` entry
-below; options it needs go into :class:`RemedyOptions`.
+To add a remedy: write its algorithm in ``regularization.py`` (unless Avalanche has it), its
+plugin(s) in ``remedies.py``, and add one ``Remedy`` entry below; options it needs go into
+:class:`RemedyOptions`.  A run folder keeps each remedy's resume state under the remedy's name
+here (the teacher that LwF and KD share under :data:`TEACHER`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from avalanche_onehead import rules
 from avalanche_onehead.settings import from_known_fields
 
 from .anchor import PretrainedAnchor
@@ -20,7 +23,7 @@ class RemedyOptions:
     ewc_mode: str = "separate"  # or "online"
     ewc_decay: float = 0.9  # online mode only
     replay_mem_per_task: int = 10
-    replay_per_step: int = 2  # replayed images per earlier task per step, <= 10
+    replay_per_step: int = 2  # replayed images per earlier task per step, <= rules.MAX_REPLAY_PER_TASK_PER_STEP
     lwf_alpha: float = 1.0
     lwf_temperature: float = 2.0
     lwf_det_threshold: float = 0.3
@@ -89,7 +92,8 @@ REMEDIES: dict[str, Remedy] = {
         Remedy("ewc", "Elastic Weight Consolidation (Avalanche EWCPlugin): Fisher-weighted pull towards "
                       "earlier weights (ewc_lambda, ewc_mode separate|online, ewc_decay)", _ewc),
         Remedy("replay", "task-balanced replay (Avalanche ReplayPlugin): replay_mem_per_task stored, "
-                         "replay_per_step (<= 10) replayed per earlier task per step", _replay),
+                         f"replay_per_step (<= {rules.MAX_REPLAY_PER_TASK_PER_STEP}) replayed per earlier task "
+                         "per step", _replay),
         Remedy("lwf", "Learning without Forgetting on dense outputs: distil the earlier tasks' output "
                       "channels from the previous model (lwf_alpha, lwf_temperature, lwf_task_weights)", _lwf),
         Remedy("kd", "feature distillation: MSE to the previous model's neck features (kd_weight)", _kd),
@@ -122,12 +126,46 @@ def canonical(spec: str) -> str:
     return "+".join(n for n in REMEDIES if n in names)
 
 
-def build_plugins(spec: str, options: RemedyOptions | None = None) -> list[Any]:
+TEACHER = "teacher"  # the resume-state name of the teacher several remedies share
+
+
+@dataclass
+class Remedies:
+    """A strategy's plugins, and those that keep resume state, by registry name."""
+
+    plugins: list[Any] = field(default_factory=list)
+    stateful: dict[str, Any] = field(default_factory=dict)
+
+    def resume_state(self) -> dict[str, dict[str, Any]]:
+        return {name: p.resume_state() for name, p in self.stateful.items()}
+
+    def restore(self, states: dict[str, dict[str, Any]], strategy, finished: list) -> None:
+        """Each remedy's state from ``states`` (a remedy a run did not have starts empty)."""
+        for name, p in self.stateful.items():
+            p.restore(states.get(name, {}), strategy, finished)
+
+    def rebuilders(self) -> list[Any]:
+        """The remedies that recompute per-stage state from a finished stage's checkpoint (EWC)."""
+        return [p for p in self.plugins if hasattr(p, "rebuild_stage")]
+
+
+def build_remedies(spec: str, options: RemedyOptions | None = None) -> Remedies:
     """The Avalanche plugins of a strategy spec, in a working order (teacher first)."""
     o = options or RemedyOptions()
-    plugins: list[Any] = []
+    remedies = Remedies()
     shared = _Shared()
+    names = {}  # plugin -> the registry name its resume state is kept under
     for name in REMEDIES:  # registry order: the composition does not depend on spelling order
         if name in parse_strategy(spec):
-            plugins += REMEDIES[name].make(o, shared, plugins)
-    return plugins
+            made = REMEDIES[name].make(o, shared, remedies.plugins)
+            names.update({id(p): name for p in made})
+            remedies.plugins += made
+    if shared.teacher is not None:
+        names[id(shared.teacher)] = TEACHER
+    remedies.stateful = {names[id(p)]: p for p in remedies.plugins if hasattr(p, "resume_state")}
+    return remedies
+
+
+def build_plugins(spec: str, options: RemedyOptions | None = None) -> list[Any]:
+    """The Avalanche plugins of a strategy spec (:func:`build_remedies` without the names)."""
+    return build_remedies(spec, options).plugins

@@ -4,30 +4,32 @@
   state a resumed run needs.
 * :class:`TaskBudgetReplay` - Avalanche's ``ReplayPlugin`` with an experience- (= task-)
   balanced buffer of a fixed size per task and a hard cap on the replayed images per
-  earlier task in every step (the challenge allows at most 10).
-* :class:`PreviousModel` - a frozen copy of the model from before the experience, the
-  teacher shared by :class:`LwFDistillation` (output distillation of the earlier
-  tasks' channel groups) and :class:`FeatureKD` (neck-feature distillation).
+  earlier task in every step (``rules.MAX_REPLAY_PER_TASK_PER_STEP``).
+* :class:`PreviousModel` - the teacher (a frozen copy of the model from before the
+  experience, after the first one) shared by :class:`LwFDistillation` (output distillation
+  of the earlier tasks' channel groups) and :class:`FeatureKD` (neck-feature distillation).
 
-Why our own distillation: Avalanche's ``LwFPlugin`` assumes 2-D classification logits
-and class targets; here the earlier tasks' outputs are dense maps.
+The teacher and the two distillers are thin wrappers: their algorithms (:class:`~strategies.regularization.Teacher`,
+:class:`~strategies.regularization.DenseLwF`, :func:`~strategies.regularization.feature_distillation`)
+live in ``regularization.py``, as Avalanche keeps ``LearningWithoutForgetting`` apart from
+``LwFPlugin``.  Why our own distillation: Avalanche's ``LwFPlugin`` assumes 2-D classification
+logits and class targets; here the earlier tasks' outputs are dense maps.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EWCPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExperienceBalancedBuffer
 from avalanche.training.utils import ParamData
 from torch import Tensor
 
+from avalanche_onehead import rules
 from avalanche_onehead.tasks import TASKS, task_of_label
 
-MAX_REPLAY_PER_TASK_PER_STEP = 10  # challenge rule
+from .regularization import DenseLwF, Teacher, feature_distillation
 
 
 def current_task(strategy) -> str:
@@ -89,12 +91,11 @@ class OneHeadEWC(EWCPlugin):
 
 class TaskBudgetReplay(ReplayPlugin):
     """Replay with ``mem_per_task`` stored images per task and ``per_step`` replayed
-    images per earlier task in each training step (``per_step`` <= 10, enforced)."""
+    images per earlier task in each training step (at most ``rules.MAX_REPLAY_PER_TASK_PER_STEP``,
+    enforced)."""
 
     def __init__(self, mem_per_task: int = 10, per_step: int = 2, num_tasks: int = 3, seed: int = 0):
-        if not 1 <= per_step <= MAX_REPLAY_PER_TASK_PER_STEP:
-            raise ValueError(f"replay per_step={per_step}: the challenge allows 1..{MAX_REPLAY_PER_TASK_PER_STEP} "
-                             "replayed images per earlier task per step")
+        rules.check_replay_per_step(per_step)
         if mem_per_task < per_step:
             raise ValueError(f"replay memory per task ({mem_per_task}) is smaller than per_step ({per_step})")
         policy = ExperienceBalancedBuffer(mem_per_task * num_tasks, adaptive_size=False,
@@ -133,46 +134,52 @@ class TaskBudgetReplay(ReplayPlugin):
 
 
 class PreviousModel(SupervisedPlugin):
-    """Frozen copy of the model taken before each experience (after the first one),
-    with its outputs on the current mini-batch computed once per iteration."""
+    """The shared :class:`~strategies.regularization.Teacher`: taken before each experience,
+    told which task each experience trained, asked for its outputs on the current mini-batch."""
 
     def __init__(self):
         super().__init__()
-        self.teacher: torch.nn.Module | None = None
-        self.trained: list[str] = []  # tasks the teacher has learned
-        self._cache_key: int | None = None
-        self._cache = None
+        self.snapshot = Teacher()
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        return self.snapshot.model
+
+    @teacher.setter
+    def teacher(self, model: torch.nn.Module | None) -> None:
+        self.snapshot.model = model
+
+    @property
+    def trained(self) -> list[str]:
+        return self.snapshot.trained
+
+    @trained.setter
+    def trained(self, tasks: list[str]) -> None:
+        self.snapshot.trained = list(tasks)
 
     def before_training_exp(self, strategy, **kwargs):
-        self.teacher, self._cache_key, self._cache = None, None, None
-        if self.trained:
-            self.teacher = copy.deepcopy(strategy.model).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+        self.snapshot.take(strategy.model)
 
     def after_training_exp(self, strategy, **kwargs):
-        task = current_task(strategy)
-        if task not in self.trained:
-            self.trained.append(task)
+        self.snapshot.learned(current_task(strategy))
 
     def earlier_tasks(self, strategy) -> list[str]:
-        now = current_task(strategy)
-        return [t for t in self.trained if t != now]
+        return self.snapshot.earlier_than(current_task(strategy))
 
-    @torch.no_grad()
     def outputs(self, strategy):
-        key = strategy.clock.train_iterations
-        if self._cache_key != key:
-            self._cache = self.teacher(strategy.mb_x)
-            self._cache_key = key
-        return self._cache
+        return self.snapshot.outputs(strategy.mb_x, strategy.clock.train_iterations)
 
     def resume_state(self) -> dict[str, Any]:
         return {"trained": list(self.trained)}
 
     def restore(self, state: dict[str, Any], strategy, finished) -> None:
         # a run forked from another remedy's first stage carries no state of ours
-        self.trained = list(state.get("trained", [task_of_label(int(e.task_labels[0])) for e in finished]))
+        self.trained = state.get("trained", [task_of_label(int(e.task_labels[0])) for e in finished])
+
+
+def distillation_term(task: str):
+    """``task``'s own LwF term (``TaskSpec.distill``), or None when it has none."""
+    return TASKS[task].distill
 
 
 class _Distillation(SupervisedPlugin):
@@ -195,38 +202,41 @@ class _Distillation(SupervisedPlugin):
 
 
 class LwFDistillation(_Distillation):
-    """Learning without Forgetting for dense outputs: on every training batch (current
-    and replayed images) the EARLIER tasks' output channel groups are pulled towards
-    the teacher's, each by its task's own term (``TaskSpec.distill``, given this plugin's
-    ``temperature`` and ``det_threshold``): temperature-KL on classification logits,
-    per-pixel KL on segmentation logits, soft focal-free BCE + box terms on detection.
-    A task without a term is not distilled."""
+    """Learning without Forgetting for dense outputs (:class:`~strategies.regularization.DenseLwF`)
+    on every training batch, current and replayed images alike: the EARLIER tasks' output channel
+    groups are pulled towards the teacher's, each by its task's own term (``TaskSpec.distill``,
+    given ``temperature`` and ``det_threshold``, weighted by ``task_weights``).  A task without a
+    term is not distilled."""
 
     def __init__(self, teacher: PreviousModel, alpha: float = 1.0, temperature: float = 2.0,
                  det_threshold: float = 0.3, task_weights: dict[str, float] | None = None):
         super().__init__(teacher, alpha)
-        self.temperature = temperature
-        self.det_threshold = det_threshold
-        self.task_weights = dict(task_weights or {})  # distilled task -> weight of its term (1)
+        self.lwf = DenseLwF(distillation_term, temperature, det_threshold, task_weights)
 
     @property
     def alpha(self) -> float:
         return self.weight
 
+    @property
+    def temperature(self) -> float:
+        return self.lwf.temperature
+
+    @property
+    def task_weights(self) -> dict[str, float]:
+        return self.lwf.task_weights
+
     def penalty(self, strategy) -> Tensor | None:
         if self.teacher.teacher is None:
             return None
-        tasks = [t for t in self.teacher.earlier_tasks(strategy) if TASKS[t].distill is not None]
+        tasks = self.lwf.distilled(self.teacher.earlier_tasks(strategy))
         if not tasks:
             return None
-        t_out = self.teacher.outputs(strategy)
-        s_out = strategy.mb_output
-        return sum(self.task_weights.get(t, 1.0) * TASKS[t].distill(s_out[t], t_out[t], self) for t in tasks)
+        return self.lwf.penalty(strategy.mb_output, self.teacher.outputs(strategy), tasks)
 
 
 class FeatureKD(_Distillation):
-    """Feature-level distillation: MSE between the student's and the previous model's
-    neck features (the input of the single head) on every training batch."""
+    """Feature-level distillation (:func:`~strategies.regularization.feature_distillation`) of the
+    neck features, the input of the single head, on every training batch."""
 
     def __init__(self, teacher: PreviousModel, weight: float = 1.0):
         super().__init__(teacher, weight)
@@ -234,4 +244,4 @@ class FeatureKD(_Distillation):
     def penalty(self, strategy) -> Tensor | None:
         if self.teacher.teacher is None:
             return None
-        return F.mse_loss(strategy.mb_output.features, self.teacher.outputs(strategy).features)
+        return feature_distillation(strategy.mb_output.features, self.teacher.outputs(strategy).features)

@@ -28,8 +28,8 @@ from avalanche_onehead.tasks.det import det_distillation
 from avalanche_onehead.tasks.seg import seg_distillation
 from benchmarks import build_stream
 from strategies import REMEDIES, RemedyOptions, build_plugins, canonical, parse_strategy
+from avalanche_onehead.rules import MAX_REPLAY_PER_TASK_PER_STEP
 from strategies.remedies import (
-    MAX_REPLAY_PER_TASK_PER_STEP,
     FeatureKD,
     LwFDistillation,
     OneHeadEWC,
@@ -231,8 +231,8 @@ def student_and_teacher():
     torch.manual_seed(0)
     model = create_model(pretrained=False)
     prev = PreviousModel()
-    prev.teacher = copy.deepcopy(model).eval().requires_grad_(False)  # as PreviousModel takes it
-    prev.trained = ["seg", "det"]
+    prev.snapshot.model = copy.deepcopy(model).eval().requires_grad_(False)  # as PreviousModel takes it
+    prev.snapshot.trained = ["seg", "det"]
     with torch.no_grad():  # the student has moved on since the teacher was taken
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -291,8 +291,8 @@ def test_distillers_are_silent_without_a_teacher_or_earlier_task(student_and_tea
     strategy = _fake_strategy(model, "seg", 5)
     assert LwFDistillation(empty).penalty(strategy) is None and FeatureKD(empty).penalty(strategy) is None
     only_current = PreviousModel()
-    only_current.teacher = model
-    only_current.trained = ["seg"]
+    only_current.snapshot.model = model
+    only_current.snapshot.trained = ["seg"]
     assert LwFDistillation(only_current).penalty(strategy) is None
 
 

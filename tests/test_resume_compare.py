@@ -206,8 +206,8 @@ def test_a_stopped_run_leaves_its_finished_stages_and_epochs(runs):
     progress = it.state["progress"]
     assert progress["done"] == 1 and len(progress["matrix"]) == 1
     assert progress["matrix"][0] == _metrics(runs.a)["matrix"][0]
-    assert set(it.state["remedies"]) == {"PreviousModel", "OneHeadEWC", "TaskBudgetReplay"}
-    assert it.state["remedies"]["PreviousModel"]["trained"] == ["seg"]
+    assert set(it.state["remedies"]) == {"teacher", "ewc", "replay"}  # by registry name
+    assert it.state["remedies"]["teacher"]["trained"] == ["seg"]
     assert progress["clock"]["train_iterations"] == 3  # 6 images, batches of 2
 
 
@@ -231,9 +231,9 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
     # (its Fisher of stage 1 was computed again in the resumed process: with lambda = 1e5 a
     # different one would have moved the weights of stages 2 and 3 far beyond 1e-6)
     ra, rb = (torch.load(d / "resume.pt", map_location="cpu", weights_only=True)["remedies"] for d in (runs.a, runs.b))
-    assert rb["PreviousModel"] == ra["PreviousModel"] == {"trained": ORDER}
+    assert rb["teacher"] == ra["teacher"] == {"trained": ORDER}
     assert json.loads((runs.a / "config.json").read_text())["remedy"]["ewc_lambda"] == 1e5
-    ea, eb = ra["OneHeadEWC"], rb["OneHeadEWC"]
+    ea, eb = ra["ewc"], rb["ewc"]
     assert set(ea) == {"fisher_rng"} and sorted(ea["fisher_rng"]) == sorted(eb["fisher_rng"]) == [0, 1, 2]
     for t in ea["fisher_rng"]:
         assert torch.equal(ea["fisher_rng"][t]["torch"], eb["fisher_rng"][t]["torch"])
