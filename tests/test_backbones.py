@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avalanche_onehead import backbones
+from avalanche_onehead import backbones, rules
 from avalanche_onehead.errors import ModelError
 from avalanche_onehead.model import count_parameters, create_model
 
@@ -16,7 +16,7 @@ def test_unreachable_hub_warns_and_uses_random_init(monkeypatch):
     assert model.weights_source == ""
     out = model.eval()(torch.zeros(1, 3, 64, 64))
     assert out["seg"].shape == (1, 21, 8, 8) and out["det"].shape == (1, 15, 8, 8)
-    assert count_parameters(model)["total"] < 5_000_000
+    assert count_parameters(model)["total"] <= rules.PROJECT_PARAM_LIMIT
 
 
 def test_unknown_backbone_is_a_clear_error():

@@ -9,6 +9,7 @@ import pytest
 from conftest import load_script
 from PIL import Image
 
+from avalanche_onehead import rules
 from avalanche_onehead.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_metrics_json_follows_the_design_schema(run_dir):
         expected = 100.0 * (b - f) / b if b > 0 else 0.0
         assert m["drop_pct"][t] == pytest.approx(expected)
         assert type(m["drop_pct"][t]) is float and math.isfinite(m["drop_pct"][t])
-    assert type(m["params"]) is int and 1_000_000 < m["params"] < 8_000_000
+    assert type(m["params"]) is int and 1_000_000 < m["params"] < rules.PARAM_LIMIT
     assert type(m["train_seconds"]) is float and m["train_seconds"] > 0
     assert m["synthetic"] is True
     # the mAP@0.5 companion: detection after every stage
