@@ -36,7 +36,8 @@ from .errors import OneHeadError
 from .evaluation import epoch_loss_key
 
 #: run folders written before remedy state was keyed by registry name kept it by plugin class name
-LEGACY_REMEDY_KEYS = {"OneHeadEWC": "ewc", "TaskBudgetReplay": "replay", "PreviousModel": "teacher"}
+LEGACY_REMEDY_KEYS = {"OneHeadEWC": "ewc", "TaskBudgetReplay": "replay", "PreviousModel": "teacher",
+                      "PretrainedAnchor": "anchor"}
 
 
 def empty_progress() -> dict[str, Any]:

@@ -15,13 +15,14 @@ current stage's images.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
+
+from .regularization import frozen_copy
 
 
 def pooled_anchor_loss(student: Tensor, anchor: Tensor) -> Tensor:
@@ -42,15 +43,9 @@ class PretrainedAnchor(SupervisedPlugin):
         self._initial_state: dict[str, Tensor] | None = None
         self.last = 0.0  # latest penalty, for inspection
 
-    def _freeze(self, model: torch.nn.Module) -> torch.nn.Module:
-        frozen = copy.deepcopy(model).eval()
-        for p in frozen.parameters():
-            p.requires_grad_(False)
-        return frozen
-
     def before_training_exp(self, strategy, **kwargs):
         if self.initial is None:
-            self.initial = self._freeze(strategy.model)
+            self.initial = frozen_copy(strategy.model)
             if self._initial_state is not None:  # restored: the weights the run started from
                 self.initial.load_state_dict(self._initial_state)
                 self._initial_state = None

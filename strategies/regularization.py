@@ -18,6 +18,14 @@ from torch import Tensor, nn
 DistillationTerm = Callable[[Tensor, Tensor, "DenseLwF"], Tensor]
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose parameters take no gradient: a fixed reference."""
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
 class Teacher:
     """A frozen copy of the model as it was before the current stage, and the tasks it has learned.
 
@@ -34,9 +42,7 @@ class Teacher:
         """Snapshot ``model`` (frozen, eval mode) once it has learned a task; before, there is none."""
         self.model, self._key, self._outputs = None, None, None
         if self.trained:
-            self.model = copy.deepcopy(model).eval()
-            for p in self.model.parameters():
-                p.requires_grad_(False)
+            self.model = frozen_copy(model)
 
     def learned(self, task: str) -> None:
         if task not in self.trained:

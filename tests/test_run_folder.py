@@ -165,15 +165,17 @@ def test_remedy_state_is_kept_by_registry_name_and_restored(folder):
 
 def test_a_folder_that_keyed_remedy_state_by_class_name_still_resumes(folder):
     """Run folders written before the registry names kept each remedy's state under its plugin class."""
-    fisher_rng = {0: rng_state()}
+    fisher_rng, initial = {0: rng_state()}, {"w": torch.arange(3.0)}
     torch.save({"progress": _progress(1), "remedies": {"OneHeadEWC": {"fisher_rng": fisher_rng},
                                                        "PreviousModel": {"trained": ["seg"]},
-                                                       "TaskBudgetReplay": {}}}, folder.resume_file)
+                                                       "TaskBudgetReplay": {},
+                                                       "PretrainedAnchor": {"initial": initial}}}, folder.resume_file)
     states = folder.read_state(folder.resume_file)["remedies"]
-    assert set(states) == {"ewc", TEACHER, "replay"}
-    remedies = build_remedies("ewc+replay+lwf")
+    assert set(states) == {"ewc", TEACHER, "replay", "anchor"}
+    remedies = build_remedies("ewc+replay+lwf+anchor")
     remedies.restore(states, strategy=None, finished=[])
     assert remedies.stateful[TEACHER].trained == ["seg"]
+    assert torch.equal(remedies.stateful["anchor"]._initial_state["w"], initial["w"])
     assert remedies.stateful["ewc"].needs_rebuild(0)  # its Fisher of stage 1 is computed again on resume
     assert torch.equal(remedies.stateful["ewc"].fisher_rng[0]["torch"], fisher_rng[0]["torch"])
 
