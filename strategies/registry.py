@@ -1,7 +1,8 @@
 """One registry of remedies; ``--strategy`` names are joined with ``+`` in any order.
 
-To add a remedy: write its algorithm in ``regularization.py`` (unless Avalanche has it), its
-plugin(s) in ``remedies.py``, and add one ``Remedy`` entry below; options it needs go into
+To add a remedy: write its algorithm (unless Avalanche has it) apart from the thin plugin that
+applies it (``regularization.py`` and ``remedies.py``, or one module of its own such as
+``anchor.py``), and add one ``Remedy`` entry below; options it needs go into
 :class:`RemedyOptions`.  A run folder keeps each remedy's resume state under the remedy's name
 here (the teacher that LwF and KD share under :data:`TEACHER`).
 """
