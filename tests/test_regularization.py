@@ -130,3 +130,13 @@ def test_the_teachers_outputs_are_computed_once_per_key():
     assert not first.requires_grad
     teacher.outputs(x, key=8)
     assert _Counting.calls == 2
+
+
+def test_task_weights_scale_each_term_and_default_to_one():
+    g = torch.Generator().manual_seed(2)
+    student = {"seg": torch.randn(1, 21, 2, 2, generator=g), "cls": torch.randn(2, 10, generator=g)}
+    teacher = {"seg": torch.randn(1, 21, 2, 2, generator=g), "cls": torch.randn(2, 10, generator=g)}
+    plain = DenseLwF(distillation_term, temperature=2.0)
+    held = DenseLwF(distillation_term, temperature=2.0, task_weights={"cls": 3.0})
+    seg, cls = (float(plain.penalty(student, teacher, [t])) for t in ("seg", "cls"))
+    assert float(held.penalty(student, teacher, ["seg", "cls"])) == pytest.approx(seg + 3.0 * cls, rel=1e-5)
