@@ -243,7 +243,8 @@ def _model_rules() -> Rule:
            "focal_gamma": number(0)}
     rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(*challenge_rules.HEAD_LAYERS),
              "norm": text(("none", "gn", "bn")), "groups": whole(1), "init": text(("dirac", "default")),
-             "freeze_backbone_bn": boolean, "num_classes": task_map(whole(1))}
+             "freeze_backbone_bn": boolean, "neck_relu": boolean, "head_residual": boolean,
+             "num_classes": task_map(whole(1))}
     return settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
                        refuse={k: "is a run setting: give it at the top level (or as a flag), not under 'model'"
                                for k in ("backbone", "pretrained")})
