@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import rules
-from .model import OneHeadNet, count_parameters
+from .model import OneHeadNet, Residual, count_parameters
 
 ORIGINAL_SIZE = (480, 640)  # (h, w) the predictions are decoded to: a typical VOC/COCO photo
 
@@ -39,13 +39,16 @@ def head_report(model: OneHeadNet) -> dict:
     head = model.head
     layers = list(head.children())
     convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    # a residual layer (x + relu(conv x)) is one layer of the one branch, as every layer of the
+    # <= 3-layer transformer head the challenge allows is residual
     sequential = isinstance(head, nn.Sequential) and all(
-        isinstance(m, (nn.Sequential, nn.Conv2d)) for m in layers)
+        isinstance(m, (nn.Sequential, nn.Conv2d, Residual)) for m in layers)
     last = layers[-1]
     return {
         "layers": len(layers),
         "conv_layers": len(convs),
         "single_branch": bool(sequential and isinstance(last, nn.Conv2d)),
+        "residual_layers": sum(isinstance(m, Residual) for m in layers),
         "output_channels": int(last.out_channels),
         "output_groups": {t: [s.start, s.stop] for t, s in model.output_slices().items()},
         "ok": bool(rules.head_layers_allowed(len(layers)) and sequential),

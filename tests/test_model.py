@@ -297,3 +297,40 @@ def test_latency_is_measured_on_the_folded_model_with_a_network_share(random_mod
     lat = measure_latency(random_model, size=64, runs=2, warmup=1)
     assert lat["batchnorm_folded"] and lat["post_processing"] and lat["runs"] == 2
     assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["max_ms"] and lat["network_median_ms"] > 0
+
+
+def test_linear_path_keeps_the_pooled_laterals_at_initialisation():
+    """neck_relu=False + head_residual=True: with Dirac init the output layer reads the lateral
+    sum through a linear path (x, then x + relu(x), then h + relu(h)), so where the lateral sum is
+    negative the hidden features still carry it (a ReLU neck would give 0 there)."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, neck_relu=False, head_residual=True).eval()
+    taps = {}
+    model.neck.output[0].register_forward_hook(lambda m, i, o: taps.__setitem__("sum", i[0]))
+    model.head[-2].register_forward_hook(lambda m, i, o: taps.__setitem__("hidden", o))
+    model(torch.randn(2, 3, SIZE, SIZE))
+    x = taps["sum"]  # Dirac 3x3 conv with zero bias: the neck's output is the lateral sum itself
+    h1 = x + x.clamp(min=0)
+    assert (x < 0).any()
+    torch.testing.assert_close(taps["hidden"], h1 + h1.clamp(min=0), rtol=1e-5, atol=1e-5)
+    head = head_report(model)
+    assert head["ok"] and head["single_branch"] and head["layers"] == 3 and head["residual_layers"] == 2
+    assert neck_report(model)["ok"]
+
+
+def test_linear_path_round_trips_through_a_checkpoint(tmp_path):
+    from avalanche_onehead.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, neck_relu=False, head_residual=True).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, classes={}, image_size=SIZE)
+    loaded, _ = load_checkpoint(path)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    assert loaded.cfg.head_residual and not loaded.cfg.neck_relu
+    torch.testing.assert_close(loaded(x)["cls"], model(x)["cls"])
+
+
+def test_head_residual_needs_equal_widths():
+    with pytest.raises(ValueError, match="head_residual needs head_channels == neck_channels"):
+        create_model(pretrained=False, head_residual=True, head_channels=64)
