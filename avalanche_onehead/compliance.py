@@ -110,15 +110,22 @@ def measure_latency(model: Any, size: int = 512, runs: int = 30, warmup: int = 5
 
 
 def card(model: OneHeadNet, latency: dict | None) -> dict:
+    """The model against the rules: the challenge's (``*_ok``) and the project's own bars
+    (``*_within_project_bar``); a latency verdict only when latency was measured."""
     params = count_parameters(model)
-    return {
+    out = {
         "backbone": model.cfg.backbone,
         "params": params,
         "params_ok": rules.params_allowed(params["total"]),
+        "params_within_project_bar": rules.params_within_project_limit(params["total"]),
         "head": head_report(model),
         "neck": neck_report(model),
         "latency": latency,
     }
+    if latency is not None:
+        out["latency_bar_ms"] = rules.LATENCY_BAR_MS
+        out["latency_within_project_bar"] = rules.latency_within_bar(latency["median_ms"])
+    return out
 
 
 RUNTIMES = ("pytorch", "onnxruntime", "both")

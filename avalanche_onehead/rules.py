@@ -39,6 +39,17 @@ def params_allowed(total: int) -> bool:
     return total < PARAM_LIMIT
 
 
+def params_within_project_limit(total: int) -> bool:
+    """The project's own, stricter parameter bar."""
+    return total <= PROJECT_PARAM_LIMIT
+
+
+def latency_within_bar(median_ms: float) -> bool:
+    """A median latency (512 x 512, batch 1, post-processing included, this CPU) keeps the
+    project's bar.  The challenge's 150 ms is on a Colab T4, which this machine cannot measure."""
+    return median_ms <= LATENCY_BAR_MS
+
+
 def within_drop_bar(drop_pct: float) -> bool:
     """A task's relative drop keeps the challenge's forgetting bar."""
     return drop_pct <= DROP_BAR_PCT

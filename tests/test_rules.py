@@ -44,6 +44,19 @@ def test_the_compliance_card_follows_the_parameter_limit(model, monkeypatch):
     assert card(model, None)["params_ok"]
 
 
+def test_the_card_gives_a_latency_verdict_against_the_projects_bar(model, monkeypatch):
+    assert "latency_within_project_bar" not in card(model, None)  # nothing measured: no verdict
+    measured = {"median_ms": 30.0}
+    got = card(model, measured)
+    assert got["latency_bar_ms"] == 20.0 and got["latency_within_project_bar"] is False
+    monkeypatch.setattr(rules, "LATENCY_BAR_MS", 30.0)  # "at most": exactly the bar passes
+    assert card(model, measured)["latency_within_project_bar"] is True
+    total = count_parameters(model)["total"]
+    assert card(model, None)["params_within_project_bar"]
+    monkeypatch.setattr(rules, "PROJECT_PARAM_LIMIT", total - 1)
+    assert not card(model, None)["params_within_project_bar"]
+
+
 def test_head_layers_rule_reaches_the_card_the_model_and_the_config(model, monkeypatch):
     assert head_report(model)["ok"] and model.cfg.head_layers == 3
     monkeypatch.setattr(rules, "HEAD_LAYERS", (2, 2))
