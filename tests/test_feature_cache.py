@@ -157,3 +157,44 @@ def test_a_kept_cache_is_reused_with_the_same_results(cache_runs):
     b = json.loads((second / "metrics.json").read_text())
     assert a["matrix"] == b["matrix"]
     assert len(list((second.parent / "features").glob("*.pt"))) == 4  # seg/det x train/val
+
+
+def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthetic_root, tmp_path, capsys):
+    """The default recipe's shape (frozen backbone, cached views, head warm-up, ewc+lwf) stopped in
+    the middle of its second stage, after that stage's warm-up epoch: resuming rebuilds the cache
+    and ends where the uninterrupted run ends."""
+    from avalanche_onehead.plugins import WarmupCosinePlugin
+
+    run = load_script("experiments/run.py")
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps({
+        "strategy": "ewc+lwf", "epochs": {"seg": 1, "det": 2}, "lr": 1e-3, "seg_loss_stride": 2,
+        "remedy": {"ewc_lambda": 100.0, "lwf_task_weights": {"seg": 2.0}},
+        "plan": {"seg": {**FROZEN, "views": 2}, "det": {**FROZEN, "views": 2, "head_warmup_epochs": 1}}}))
+    args = ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "6",
+            "--image-size", str(SIZE), "--batch-size", "4", "--workers", "0", "--no-progress"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert run.main([*args, "--out", str(full)]) == 0
+    original = WarmupCosinePlugin.after_training_iteration
+
+    def stop(self, strategy, **kwargs):
+        if strategy.experience.current_experience == 1 and strategy.clock.train_exp_epochs == 1:
+            raise KeyboardInterrupt
+        return original(self, strategy, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(WarmupCosinePlugin, "after_training_iteration", stop)
+        with pytest.raises(SystemExit) as e:
+            run.main([*args, "--out", str(stopped)])
+    assert e.value.code == 130
+    assert (stopped / "resume_epoch.pt").is_file() and (stopped / "resume.pt").is_file()
+    capsys.readouterr()
+    assert run.main(["--resume", str(stopped), "--no-progress"]) == 0
+    assert "in stage 2 (det) after epoch 1/2" in capsys.readouterr().out
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((stopped / "metrics.json").read_text())
+    for row_a, row_b in zip(a["matrix"], b["matrix"], strict=True):
+        assert row_b == pytest.approx(row_a, abs=1e-6)
+    sa = read_checkpoint(full / "model.pt")["state_dict"]
+    sb = read_checkpoint(stopped / "model.pt")["state_dict"]
+    assert max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel()) <= 1e-6
