@@ -25,9 +25,12 @@ def metric_key(name: str, task: str, exp_id: int) -> str:
     return f"{name}/eval_phase/test_stream/Task{TASKS[task].label:03d}/Exp{exp_id:03d}"
 
 
+EPOCH_LOSS_PREFIX = "Loss_Epoch/train_phase/train_stream/"
+
+
 def epoch_loss_key(task: str) -> str:
     """Avalanche's name of the training loss of ``task``'s experience over one epoch (``loss_metrics(epoch=True)``)."""
-    return f"Loss_Epoch/train_phase/train_stream/Task{TASKS[task].label:03d}"
+    return f"{EPOCH_LOSS_PREFIX}Task{TASKS[task].label:03d}"
 
 
 def tag_name(name: str) -> str:

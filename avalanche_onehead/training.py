@@ -25,6 +25,7 @@ import torch
 
 from . import rules
 from .evaluation import (
+    EPOCH_LOSS_PREFIX,
     ForgettingSummary,
     TaskMetric,
     epoch_loss_key,
@@ -399,10 +400,14 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
 
 def last_epoch_loss(strategy, task: str) -> float | None:
     """The stage's training loss in its last epoch, as Avalanche's evaluator last emitted it
-    (None for the joint stage, or when no epoch of the stage ran in this process)."""
-    if task not in TASKS:
-        return None
-    value = strategy.evaluator.get_last_metrics().get(epoch_loss_key(task))
+    (None when no epoch of the stage ran in this process).  The joint stage, one experience of
+    every task, is logged under a single task label: its one epoch loss is the stage's."""
+    metrics = strategy.evaluator.get_last_metrics()
+    if task in TASKS:
+        value = metrics.get(epoch_loss_key(task))
+    else:
+        values = [v for k, v in metrics.items() if k.startswith(EPOCH_LOSS_PREFIX)]
+        value = values[0] if len(values) == 1 else None
     return None if value is None else float(value)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -27,6 +28,9 @@ def test_joint_run_writes_one_row_for_every_task(synthetic_root, run_cli, tmp_pa
     assert len(m["matrix"]) == 1 and len(m["matrix"][0]) == 3
     assert m["final"] == m["baseline"] == dict(zip(m["tasks"], m["matrix"][0]))
     assert "BWT" not in m  # nothing sequential to forget
+    log = (out / "log.txt").read_text()  # the joint stage's loss, as Avalanche logged its one epoch
+    logged = float(re.search(r"Loss_Epoch/train_phase/train_stream/Task000 = ([\d.]+)", log).group(1))
+    assert set(m["last_epoch_loss"]) == {"joint"} and m["last_epoch_loss"]["joint"] == pytest.approx(logged, rel=1e-3)
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert ckpt["provenance"]["trained"] == ["seg", "det", "cls"]
     assert (out / "stage1_joint.pt").is_file() and (out / "matrix.png").is_file()
