@@ -7,7 +7,10 @@ every part, as before plans existed.  The parts are
 * ``backbone`` - the timm feature extractor (frozen: no gradient, BatchNorm in eval mode);
 * ``neck`` - the FPN layer;
 * ``head`` - the head's hidden layers;
-* ``output`` - the head's last layer, which emits every task's channel group.
+* ``output`` - the head's last layer, which emits every task's channel group;
+* ``task_output`` (alone) - only the stage's own channel group of that layer: every other
+  weight, the earlier tasks' output channels included, stays exactly where it was, so the
+  stage cannot forget (a linear probe of the head's features, trained as a whole stage).
 
 When no stage of a run trains the backbone, the run trains from the frozen-feature cache
 (``feature_cache``): that is the point of freezing it, two CPU cores afford ~14x more
@@ -24,6 +27,7 @@ from avalanche.core import SupervisedPlugin
 from .settings import from_known_fields
 
 PARTS = ("backbone", "neck", "head", "output")
+TASK_OUTPUT = "task_output"  # a plan's only part: the stage's own output channels
 
 
 @dataclass
@@ -39,8 +43,9 @@ class StagePlan:
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.train if p not in PARTS]
-        if unknown or not self.train:
-            raise ValueError(f"stage plan 'train' must list parts among {', '.join(PARTS)} (got {self.train!r})")
+        if self.train != [TASK_OUTPUT] and (unknown or not self.train):
+            raise ValueError(f"stage plan 'train' must list parts among {', '.join(PARTS)}, or be "
+                             f"[\"{TASK_OUTPUT}\"] alone (got {self.train!r})")
         if self.views < 1:
             raise ValueError(f"stage plan 'views' must be at least 1 (got {self.views})")
         if self.head_warmup_epochs < 0:
@@ -52,6 +57,23 @@ class StagePlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def own_output_only(self) -> bool:
+        return self.train == [TASK_OUTPUT]
+
+    @property
+    def parts(self) -> list[str]:
+        """The parts whose parameters get a gradient (``task_output``: the output layer, of which
+        the warm-up keeps all but the stage's own rows still)."""
+        return ["output"] if self.own_output_only else list(self.train)
+
+    def warmup_epochs(self, stage_epochs: int) -> int:
+        """How many of the stage's epochs fit only its own output channels."""
+        return stage_epochs if self.own_output_only else self.head_warmup_epochs
+
+    def describe(self) -> str:
+        return "its own output channels only" if self.own_output_only else ", ".join(self.train)
 
 
 def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str, StagePlan]:
@@ -67,7 +89,7 @@ def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str
 
 def uses_cache(plans: dict[str, StagePlan]) -> bool:
     """The frozen-feature cache is valid only when the backbone never moves."""
-    return all("backbone" not in p.train for p in plans.values())
+    return all("backbone" not in p.parts for p in plans.values())
 
 
 def part_of(name: str, model) -> str:
@@ -82,8 +104,8 @@ def part_of(name: str, model) -> str:
 def apply_plan(model, plan: StagePlan) -> None:
     """Freeze what the plan keeps still (``requires_grad``); a frozen backbone stays in eval mode."""
     for name, p in model.named_parameters():
-        p.requires_grad_(part_of(name, model) in plan.train)
-    model.frozen_backbone = "backbone" not in plan.train
+        p.requires_grad_(part_of(name, model) in plan.parts)
+    model.frozen_backbone = "backbone" not in plan.parts
     model.train(model.training)
 
 
@@ -98,7 +120,7 @@ def plan_param_groups(model, plan: StagePlan, lr: float, backbone_mult: float, w
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         part = part_of(name, model)
-        if part not in plan.train:
+        if part not in plan.parts:
             groups.setdefault(("frozen", False), []).append(p)
             continue
         decay = p.ndim > 1 and part != "output"

@@ -370,10 +370,11 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     task, exp, strategy.train_epochs = built.stages[i]
     seed_everything(stage_seed(cfg.seed, i))
     plan = built.plans.get(task, StagePlan())
+    warmup_epochs = plan.warmup_epochs(strategy.train_epochs)
     log(f"== stage {i + 1}/{len(built.stages)}: {task} ({strategy.train_epochs} epoch"
-        f"{'s' if strategy.train_epochs != 1 else ''}; trains {', '.join(plan.train)}"
-        + (f"; first {plan.head_warmup_epochs} fit only its output channels" if plan.head_warmup_epochs else "")
-        + ")")
+        f"{'s' if strategy.train_epochs != 1 else ''}; trains {plan.describe()}"
+        + (f"; first {warmup_epochs} fit only its output channels"
+           if warmup_epochs and not plan.own_output_only else "") + ")")
     t0 = time.perf_counter()
     built.current.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
     built.epoch_state.pending = mid
@@ -382,8 +383,8 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
                                                              cfg.weight_decay, cfg.output_lr_mult))
     strategy.optimized_param_id = None
-    warmup = ([HeadWarmup(plan.head_warmup_epochs, model.output_slices()[task])]
-              if plan.head_warmup_epochs and task in model.output_slices() else [])
+    warmup = ([HeadWarmup(warmup_epochs, model.output_slices()[task])]
+              if warmup_epochs and task in model.output_slices() else [])
     strategy.plugins.extend(warmup)
     # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
     try:

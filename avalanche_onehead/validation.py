@@ -251,11 +251,12 @@ def _model_rules() -> Rule:
 
 
 def _plan_rules() -> Rule:
-    from .stage_plans import PARTS, StagePlan
+    from .stage_plans import PARTS, TASK_OUTPUT, StagePlan
 
     def parts(v):
-        if not isinstance(v, list) or not v or any(p not in PARTS for p in v):
-            raise ValueError(f"must be a non-empty list of parts among {', '.join(PARTS)}, not {_show(v)}")
+        if v != [TASK_OUTPUT] and (not isinstance(v, list) or not v or any(p not in PARTS for p in v)):
+            raise ValueError(f"must be a non-empty list of parts among {', '.join(PARTS)}, "
+                             f"or [\"{TASK_OUTPUT}\"] alone, not {_show(v)}")
         return v
 
     return task_map(settings_of(StagePlan, {

@@ -95,6 +95,11 @@ def test_plans_validate_and_decide_the_cache():
     assert plans["det"].train == ["backbone", "neck", "head", "output"]
     assert not uses_cache(plans)
     assert uses_cache(resolve_plans({"seg": FROZEN, "det": FROZEN}, ["seg", "det"]))
+    own = StagePlan(train=["task_output"])
+    assert own.parts == ["output"] and own.warmup_epochs(7) == 7 and StagePlan(head_warmup_epochs=2).warmup_epochs(7) == 2
+    assert uses_cache(resolve_plans({"seg": FROZEN, "det": {"train": ["task_output"]}}, ["seg", "det"]))
+    with pytest.raises(ValueError, match="alone"):
+        StagePlan(train=["task_output", "neck"])
 
 
 def test_apply_plan_freezes_the_parts_it_does_not_name():
@@ -149,6 +154,33 @@ def test_a_cached_run_records_its_plan_and_the_head_warmup_moves_only_the_new_ta
             assert not torch.equal(w[rows], after[name][rows]), name
         else:  # one epoch, all of it the warm-up: nothing else moved, the backbone never does
             assert torch.equal(w, after[name]), name
+
+
+def test_a_task_output_stage_moves_only_its_own_output_channels_in_every_epoch(synthetic_root, tmp_path, capsys):
+    """``train: ["task_output"]``: two epochs of detection under LwF and EWC, and nothing but
+    detection's rows of the output layer moved, so segmentation's row of the matrix cannot drop."""
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps({"strategy": "ewc+lwf", "epochs": {"seg": 1, "det": 2}, "lr": 1e-3,
+                               "seg_loss_stride": 2, "remedy": {"ewc_lambda": 100.0},
+                               "plan": {"seg": {**FROZEN, "views": 2}, "det": {"train": ["task_output"]}}}))
+    out = tmp_path / "run"
+    assert load_script("experiments/run.py").main(
+        ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "8",
+         "--image-size", str(SIZE), "--workers", "0", "--no-progress", "--out", str(out)]) == 0
+    before = read_checkpoint(out / "stage1_seg.pt")["state_dict"]
+    after = read_checkpoint(out / "stage2_det.pt")["state_dict"]
+    model = create_model(pretrained=False)
+    det, last = model.output_slices()["det"], f"head.{len(model.head) - 1}."
+    for name, w in before.items():
+        if name.startswith(last):
+            rows = torch.zeros(w.shape[0], dtype=torch.bool)
+            rows[det] = True
+            assert torch.equal(w[~rows], after[name][~rows]) and not torch.equal(w[rows], after[name][rows]), name
+        else:
+            assert torch.equal(w, after[name]), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["matrix"][1][0] == m["matrix"][0][0] and m["plan"]["det"]["train"] == ["task_output"]
+    assert "det (2 epochs; trains its own output channels only)" in capsys.readouterr().out
 
 
 def test_a_kept_cache_is_reused_with_the_same_results(cache_runs):
