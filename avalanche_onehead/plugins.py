@@ -143,6 +143,48 @@ class StageProgress(SupervisedPlugin):
 CLOCK_FIELDS = ("train_iterations", "total_iterations", "train_exp_iterations")
 
 
+class StageEMA(SupervisedPlugin):
+    """An exponential moving average of the weights within one stage (timm's ``ModelEmaV3``,
+    with its warm-up of the decay, so the first steps do not drag the start along); the stage
+    ends with the averaged weights, before anything reads them: the evaluation, the stage
+    checkpoint, and the remedies' end-of-stage work (EWC's Fisher information, the LwF teacher).
+    It must therefore be the first plugin of the strategy.  Parameters only: the network keeps
+    no running statistics that train (BatchNorm of a frozen backbone stays in eval mode)."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.ema = None
+        self.steps = 0
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(strategy.model, decay=self.decay, use_warmup=True, warmup_power=0.75,
+                              exclude_buffers=True)
+        self.steps = 0
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        self.steps += 1
+        self.ema.update(strategy.model, step=self.steps)
+
+    @torch.no_grad()
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        for p, e in zip(strategy.model.parameters(), self.ema.module.parameters(), strict=True):
+            p.copy_(e)
+        self.ema = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "weights": {k: v.detach().cpu().clone()
+                                                 for k, v in self.ema.module.named_parameters()}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any], strategy=None) -> None:
+        self.steps = int(state["steps"])
+        for k, v in self.ema.module.named_parameters():
+            v.copy_(state["weights"][k])
+
+
 class EpochCheckpoint(SupervisedPlugin):
     """After every training epoch, hand ``save`` what continues the stage from there: weights,
     optimizer state, the positions of ``parts`` (plugins with ``state_dict``: the LR schedule,
@@ -169,7 +211,8 @@ class EpochCheckpoint(SupervisedPlugin):
         strategy.model.load_state_dict(s["model"])
         strategy.optimizer.load_state_dict(s["optimizer"])
         for name, part in self.parts.items():
-            part.load_state_dict(s["parts"][name], strategy)
+            if name in s["parts"]:  # a part of this stage only (its EMA) is in its own epoch states
+                part.load_state_dict(s["parts"][name], strategy)
         for k in ("train_iterations", "total_iterations"):
             setattr(strategy.clock, k, int(s["clock"][k]))
         set_rng_state(s["rng"])

@@ -40,6 +40,8 @@ class StagePlan:
     # a sensible head, not a random one
     head_warmup_epochs: int = 0
     views: int = 1  # cached training views per image (the first is the plain resize)
+    # weight EMA within the stage (0: off); the stage ends with the averaged weights
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.train if p not in PARTS]
@@ -48,6 +50,8 @@ class StagePlan:
                              f"[\"{TASK_OUTPUT}\"] alone (got {self.train!r})")
         if self.views < 1:
             raise ValueError(f"stage plan 'views' must be at least 1 (got {self.views})")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"stage plan 'ema_decay' must be in [0, 1) (got {self.ema_decay})")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"stage plan 'head_warmup_epochs' must be >= 0 (got {self.head_warmup_epochs})")
 

@@ -37,7 +37,7 @@ from .evaluation import (
 from .losses import OneHeadCriterion
 from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
-from .plugins import EpochCheckpoint, StageProgress, TensorboardExtras, WarmupCosinePlugin
+from .plugins import EpochCheckpoint, StageEMA, StageProgress, TensorboardExtras, WarmupCosinePlugin
 from .run_folder import RunFolder, empty_progress
 from .stage_plans import HeadWarmup, StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
 from .settings import from_known_fields
@@ -374,7 +374,8 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     log(f"== stage {i + 1}/{len(built.stages)}: {task} ({strategy.train_epochs} epoch"
         f"{'s' if strategy.train_epochs != 1 else ''}; trains {plan.describe()}"
         + (f"; first {warmup_epochs} fit only its output channels"
-           if warmup_epochs and not plan.own_output_only else "") + ")")
+           if warmup_epochs and not plan.own_output_only else "")
+        + (f"; weight EMA {plan.ema_decay:g}" if plan.ema_decay else "") + ")")
     t0 = time.perf_counter()
     built.current.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
     built.epoch_state.pending = mid
@@ -386,6 +387,10 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     warmup = ([HeadWarmup(warmup_epochs, model.output_slices()[task])]
               if warmup_epochs and task in model.output_slices() else [])
     strategy.plugins.extend(warmup)
+    ema = StageEMA(plan.ema_decay) if plan.ema_decay else None
+    if ema is not None:  # first: the stage's end must see the averaged weights
+        strategy.plugins.insert(0, ema)
+        built.epoch_state.parts["ema"] = ema
     # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
     try:
         strategy.train(exp, reset_optimizer_state=True, drop_last=stage_size(exp) >= cfg.batch_size,
@@ -393,6 +398,9 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     finally:
         for w in warmup:
             strategy.plugins.remove(w)
+        if ema is not None:
+            strategy.plugins.remove(ema)
+            del built.epoch_state.parts["ema"]
     progress["stage_seconds"][task] = built.current["seconds"] + time.perf_counter() - t0
     loss = last_epoch_loss(strategy, task)
     if loss is not None:

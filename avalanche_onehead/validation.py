@@ -261,7 +261,7 @@ def _plan_rules() -> Rule:
 
     return task_map(settings_of(StagePlan, {
         "train": parts, "lr": optional(number(0, above=True)), "backbone_lr_mult": optional(number(0)),
-        "head_warmup_epochs": whole(0), "views": whole(1, 64)}))
+        "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999)}))
 
 
 def _remedy_rules() -> Rule:

@@ -192,9 +192,9 @@ def test_a_kept_cache_is_reused_with_the_same_results(cache_runs):
 
 
 def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthetic_root, tmp_path, capsys):
-    """The default recipe's shape (frozen backbone, cached views, head warm-up, ewc+lwf) stopped in
-    the middle of its second stage, after that stage's warm-up epoch: resuming rebuilds the cache
-    and ends where the uninterrupted run ends."""
+    """The default recipe's shape (frozen backbone, cached views, head warm-up, ewc+lwf, weight
+    EMA) stopped in the middle of its second stage, after that stage's warm-up epoch: resuming
+    rebuilds the cache, puts the EMA back, and ends where the uninterrupted run ends."""
     from avalanche_onehead.plugins import WarmupCosinePlugin
 
     run = load_script("experiments/run.py")
@@ -202,7 +202,8 @@ def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthet
     cfg.write_text(json.dumps({
         "strategy": "ewc+lwf", "epochs": {"seg": 1, "det": 2}, "lr": 1e-3, "seg_loss_stride": 2,
         "remedy": {"ewc_lambda": 100.0, "lwf_task_weights": {"seg": 2.0}},
-        "plan": {"seg": {**FROZEN, "views": 2}, "det": {**FROZEN, "views": 2, "head_warmup_epochs": 1}}}))
+        "plan": {"seg": {**FROZEN, "views": 2},
+                 "det": {**FROZEN, "views": 2, "head_warmup_epochs": 1, "ema_decay": 0.9}}}))
     args = ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "6",
             "--image-size", str(SIZE), "--batch-size", "4", "--workers", "0", "--no-progress"]
     full, stopped = tmp_path / "full", tmp_path / "stopped"
