@@ -48,14 +48,28 @@ class WarmupCosinePlugin(SupervisedPlugin):
         self.total = 1
         self.step = 0
 
-    def _apply(self, strategy) -> None:
+    def start(self, optimizer, total: int) -> None:
+        """Begin a schedule of ``total`` iterations on ``optimizer`` outside Avalanche (a plain
+        loop then calls :meth:`advance` after every step)."""
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        self._optimizer = optimizer
+        self.total, self.step = max(total, 1), 0
+        self.apply(optimizer)
+
+    def advance(self, optimizer) -> None:
+        """One iteration further: the learning rates of the next step."""
+        self.step += 1
+        self.apply(optimizer)
+
+    def apply(self, optimizer) -> None:
+        """Set every group's learning rate for the current step."""
         warm = min(self.warmup_iters, max(self.total // 5, 1))
         if self.step < warm:
             factor = (self.step + 1) / warm
         else:
             progress = (self.step - warm) / max(self.total - warm, 1)
             factor = self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for group, base in zip(strategy.optimizer.param_groups, self.base_lrs):
+        for group, base in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
     def before_training_exp(self, strategy, **kwargs) -> None:
@@ -64,11 +78,10 @@ class WarmupCosinePlugin(SupervisedPlugin):
             self._optimizer = strategy.optimizer
         self.total = max(strategy.train_epochs * len(strategy.dataloader), 1)
         self.step = 0
-        self._apply(strategy)
+        self.apply(strategy.optimizer)
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
-        self.step += 1
-        self._apply(strategy)
+        self.advance(strategy.optimizer)
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         for group, base in zip(strategy.optimizer.param_groups, self.base_lrs):
@@ -81,7 +94,7 @@ class WarmupCosinePlugin(SupervisedPlugin):
     def load_state_dict(self, state: dict[str, Any], strategy=None) -> None:
         self.step = int(state["step"])
         if strategy is not None:
-            self._apply(strategy)
+            self.apply(strategy.optimizer)
 
 
 def _clock(seconds: float) -> str:

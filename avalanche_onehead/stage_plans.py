@@ -113,11 +113,15 @@ def apply_plan(model, plan: StagePlan) -> None:
     model.train(model.training)
 
 
-def plan_param_groups(model, plan: StagePlan, lr: float, backbone_mult: float, wd: float,
-                      output_mult: float = 1.0) -> list[dict]:
-    """Every parameter in one of the groups (frozen ones at lr 0, so Avalanche's optimizer
-    bookkeeping finds no 'new' parameter); no weight decay on norms, biases or the output
-    layer (decay would shrink earlier tasks' output channels while they get no gradient)."""
+def param_groups(model, lr: float, backbone_mult: float, wd: float, output_mult: float = 1.0,
+                 plan: StagePlan | None = None) -> list[dict]:
+    """The optimizer's parameter groups for a stage of ``plan`` (default: every part trains):
+    the backbone at ``backbone_mult`` x lr, the output layer at ``output_mult`` x lr (a plan's
+    own lr and backbone multiplier win).  Every parameter is in one of the groups (frozen ones
+    at lr 0, so Avalanche's optimizer bookkeeping finds no 'new' parameter); no weight decay on
+    norms, biases or the output layer (decay would shrink earlier tasks' output channels while
+    they get no gradient)."""
+    plan = plan or StagePlan()
     lr = plan.lr if plan.lr is not None else lr
     mult = {"backbone": plan.backbone_lr_mult if plan.backbone_lr_mult is not None else backbone_mult,
             "neck": 1.0, "head": 1.0, "output": output_mult}

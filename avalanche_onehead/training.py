@@ -39,42 +39,67 @@ from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
 from .plugins import EpochCheckpoint, StageEMA, StageProgress, TensorboardExtras, WarmupCosinePlugin
 from .run_folder import RunFolder, empty_progress
-from .stage_plans import HeadWarmup, StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
-from .settings import from_known_fields
+from .stage_plans import HeadWarmup, StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
+from .settings import from_known_fields, setting
 from .tasks import DEFAULT_ORDER, TASKS
+
+
+DEFAULT_EPOCHS = 8  # per stage, where neither the recipe nor a flag says
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
 class RunConfig:
-    strategy: str = "naive"
-    data_root: str | None = None
-    order: list[str] = field(default_factory=lambda: list(DEFAULT_ORDER))
-    epochs: dict[str, int] = field(default_factory=lambda: {t: 8 for t in DEFAULT_ORDER})
-    image_size: int = 512
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    out: str | None = None
-    batch_size: int = 8
-    eval_batch_size: int = 8
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.3
-    output_lr_mult: float = 1.0  # the head's last (output) layer
-    weight_decay: float = 1e-4
-    workers: int = 2
-    max_images: int | None = None  # per split, for smoke runs
-    task_weights: dict[str, float] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)  # extra ModelConfig fields
-    remedy: dict[str, Any] = field(default_factory=dict)  # strategies.RemedyOptions fields
-    # per task: which parts train, at which lr, head warm-up, cached views (stage_plans.StagePlan)
-    plan: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cache: bool = True  # train from the frozen-feature cache when no stage moves the backbone
-    seg_loss_stride: int = 1  # segmentation loss on masks subsampled by this factor (1: full size)
-    cache_dir: str | None = None  # keep built feature caches here and reuse them (same data, views, seed)
-    progress: bool = True
-    # all tasks in ONE experience (Avalanche JointTraining): an upper bound, NOT allowed by the challenge
-    joint: bool = False
+    """Every setting of a run, with its default and its help text: the ``run.py`` flags are made
+    from these fields (``--<name>``), a recipe file (``--config``) may set any of them, and a run
+    folder's ``config.json`` holds all of them."""
+
+    strategy: str = setting("naive", help="forgetting remedies joined by '+', e.g. ewc+replay")
+    data_root: str | None = setting(None, help="data folder", metavar="DIR",
+                                    default_text="./data if it exists, else the embedded synthetic benchmark")
+    order: list[str] = setting(help="training order of the tasks", factory=lambda: list(DEFAULT_ORDER))
+    epochs: dict[str, int] = setting(help="epochs per stage: N, or TASK=N,... such as seg=4,det=6,cls=12",
+                                     factory=lambda: {t: DEFAULT_EPOCHS for t in DEFAULT_ORDER}, metavar="N|TASK=N,...")
+    image_size: int = setting(512, help="input size in pixels, a multiple of 32 (the backbone's largest stride)")
+    backbone: str = setting("efficientnet_lite0", help="timm model name")
+    pretrained: bool = setting(True, help="start from ImageNet weights",
+                               flag="--no-pretrained")
+    seed: int = setting(0, help="random seed of the run (each stage starts from its own seed)")
+    device: str = setting(help="cpu, cuda, cuda:N or mps", factory=default_device,
+                          default_text="cuda if available, else cpu")
+    out: str | None = setting(None, help="run folder; must be new or empty", metavar="DIR",
+                              default_text="runs/<strategy>-<timestamp>")
+    batch_size: int = setting(8, help="training batch size")
+    eval_batch_size: int = setting(8, help="evaluation batch size", cli=False)
+    lr: float = setting(1e-3, help="AdamW learning rate")
+    backbone_lr_mult: float = setting(0.3, help="the backbone's learning rate, times lr", cli=False)
+    output_lr_mult: float = setting(1.0, help="the head's last (output) layer's learning rate, times lr", cli=False)
+    weight_decay: float = setting(1e-4, help="AdamW weight decay (none on norms, biases, the output layer)",
+                                  cli=False)
+    workers: int = setting(2, help="data-loader worker processes")
+    max_images: int | None = setting(None, help="use only the first N images per split (smoke runs)",
+                                     metavar="N", default_text="all")
+    task_weights: dict[str, float] = setting(help="weight of each task's loss (1 each)", factory=dict, cli=False)
+    model: dict[str, Any] = setting(help="extra ModelConfig fields", factory=dict, cli=False)
+    remedy: dict[str, Any] = setting(help="strategies.RemedyOptions fields (each has its own flag)", factory=dict,
+                                     cli=False)
+    plan: dict[str, dict[str, Any]] = setting(
+        help="per task: which parts train, at which lr, head warm-up, cached views (stage_plans.StagePlan)",
+        factory=dict, cli=False)
+    cache: bool = setting(True, help="train from the frozen-feature cache when no stage moves the backbone",
+                          cli=False)
+    seg_loss_stride: int = setting(1, help="segmentation loss on masks subsampled by this factor (1: full size)",
+                                   cli=False)
+    cache_dir: str | None = setting(None, metavar="DIR", default_text="build them in memory for each run",
+                                    help="keep the frozen-feature caches in this folder and reuse them in later "
+                                         "runs of the same data, views and seed")
+    progress: bool = setting(True, help="progress bars and per-epoch lines",
+                             flag="--no-progress")
+    joint: bool = setting(False, help="train all tasks together in one stage (Avalanche JointTraining): an "
+                                      "upper bound, NOT allowed by the challenge")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
@@ -90,25 +115,6 @@ def seed_everything(seed: int) -> None:
 def stage_seed(seed: int, stage: int) -> int:
     """Every stage starts from its own seed, so a resumed run replays it exactly."""
     return seed * 1000 + stage
-
-
-def param_groups(model: OneHeadNet, lr: float, backbone_mult: float, wd: float,
-                 output_mult: float = 1.0) -> list[dict]:
-    """Backbone at ``backbone_mult`` x lr, the output layer at ``output_mult`` x lr; no weight
-    decay on norms, biases or the output layer (decay would shrink earlier tasks' output
-    channels while they get no gradient)."""
-    out_layer = {id(p) for p in model.head[-1].parameters()}
-    mult = {"backbone": backbone_mult, "rest": 1.0, "output": output_mult}
-    groups: dict[tuple[str, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        part = "backbone" if name.startswith("backbone.") else ("output" if id(p) in out_layer else "rest")
-        decay = p.ndim > 1 and part != "output"
-        groups.setdefault((part, decay), []).append(p)
-    return [{"params": ps, "lr": lr * mult[part],
-             "weight_decay": wd if decay else 0.0, "name": f"{part}{'' if decay else '-no-decay'}"}
-            for (part, decay), ps in groups.items()]
 
 
 def git_commit() -> str:
@@ -381,8 +387,8 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     built.epoch_state.pending = mid
     built.stage_progress.start_stage(i)
     apply_plan(model, plan)
-    strategy.optimizer = torch.optim.AdamW(plan_param_groups(model, plan, cfg.lr, cfg.backbone_lr_mult,
-                                                             cfg.weight_decay, cfg.output_lr_mult))
+    strategy.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
+                                                        cfg.output_lr_mult, plan))
     strategy.optimized_param_id = None
     warmup = ([HeadWarmup(warmup_epochs, model.output_slices()[task])]
               if warmup_epochs and task in model.output_slices() else [])

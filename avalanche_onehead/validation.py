@@ -264,16 +264,19 @@ def _plan_rules() -> Rule:
         "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999)}))
 
 
+REMEDY_RULES: dict[str, Rule] = {
+    "ewc_lambda": number(0), "ewc_mode": text(("separate", "online")),
+    "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
+    "replay_per_step": whole(1, challenge_rules.MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
+    "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
+    "lwf_task_weights": task_map(number(0)),
+    "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)}
+
+
 def _remedy_rules() -> Rule:
     from strategies import RemedyOptions
 
-    return settings_of(RemedyOptions, {
-        "ewc_lambda": number(0), "ewc_mode": text(("separate", "online")),
-        "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
-        "replay_per_step": whole(1, challenge_rules.MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
-        "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
-        "lwf_task_weights": task_map(number(0)),
-        "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)})
+    return settings_of(RemedyOptions, REMEDY_RULES)
 
 
 RUN_RULES: dict[str, Rule] = {
@@ -310,7 +313,8 @@ def flag_type(rule: Rule, parse: Callable[[str], Any] = str) -> Callable[[str], 
     return convert
 
 
-def _parsed(kind: type) -> Callable[[str], Any]:
+def parsed(kind: type) -> Callable[[str], Any]:
+    """``int`` or ``float`` of a flag's text, with a message that says which was expected."""
     def parse(s: str):
         try:
             return kind(s)
@@ -320,26 +324,41 @@ def _parsed(kind: type) -> Callable[[str], Any]:
 
 
 def int_flag(rule: Rule) -> Callable[[str], Any]:
-    return flag_type(rule, _parsed(int))
+    return flag_type(rule, parsed(int))
 
 
 def float_flag(rule: Rule) -> Callable[[str], Any]:
-    return flag_type(rule, _parsed(float))
+    return flag_type(rule, parsed(float))
 
 
-def _task_values(s: str) -> dict[str, float]:
-    """``"det=10,seg=1"`` -> ``{"det": 10.0, "seg": 1.0}`` (names checked by the rule)."""
-    out = {}
-    for item in s.split(","):
-        task, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected TASK=NUMBER[,TASK=NUMBER], not {s!r}")
-        out[task.strip()] = _parsed(float)(value.strip())
+def task_values(text: str, value: Callable[[str], Any] = parsed(float), form: str = "task=value") -> dict[str, Any]:
+    """``"det=10,seg=1"`` -> ``{"det": value("10"), "seg": value("1")}``: the one reader of
+    ``task=value,...`` flags (``--epochs``, ``--lwf-task-weights``, ``fork_run.py --epochs``),
+    ``value`` the rule of one value, ``form`` how the flag's help writes one item.  Task names
+    are checked by the setting's rule."""
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        task, sep, v = item.partition("=")
+        task = task.strip()
+        if not sep or not task:
+            raise ValueError(f"expected {form}[,{form}...], not {text.strip()!r}")
+        if task in out:
+            raise ValueError(f"names task {task!r} twice")
+        try:
+            out[task] = value(v.strip())
+        except ValueError as e:
+            raise ValueError(f"{item.strip()!r}: {e} (expected {form}[,{form}...])") from None
     return out
 
 
-def task_values_flag(rule: Rule) -> Callable[[str], Any]:
-    return flag_type(rule, _task_values)
+def task_values_flag(rule: Rule, value: Callable[[str], Any] = parsed(float),
+                     form: str = "task=value") -> Callable[[str], Any]:
+    return flag_type(rule, lambda s: task_values(s, value, form))
+
+
+def epochs_text(s: str) -> int | dict[str, int]:
+    """``--epochs``: ``N`` for every stage, or ``task=N,...``."""
+    return task_values(s, parsed(int), "task=N") if "=" in s else parsed(int)(s)
 
 
 def task_flag(flag: str, value: str | list[str]) -> list[str]:

@@ -2,12 +2,12 @@
 embedded synthetic benchmark and the Avalanche stream."""
 from .errors import DatasetError
 from .readers import CocoDetection, FolderClassification, VocSegmentation
-from .stream import DataRoot, Stream, build_stream, load_split, resolve_data_root
+from .stream import DataRoot, Stream, build_stream, is_synthetic, load_split, resolve_data_root
 from .synthetic import synthetic_root
 from .transforms import JointTransform
 
 __all__ = [
     "DatasetError", "CocoDetection", "FolderClassification", "VocSegmentation",
-    "DataRoot", "Stream", "build_stream", "load_split", "resolve_data_root", "synthetic_root",
+    "DataRoot", "Stream", "build_stream", "is_synthetic", "load_split", "resolve_data_root", "synthetic_root",
     "JointTransform",
 ]

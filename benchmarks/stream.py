@@ -46,6 +46,15 @@ def resolve_data_root(data_root: str | Path | None, seed: int = 0) -> DataRoot:
     return DataRoot(synthetic_root(seed), True, chosen_by_default=True)
 
 
+def is_synthetic(data_root: str | Path | None) -> bool:
+    """Whether :func:`resolve_data_root` would give the synthetic benchmark, without generating it
+    (a named root that does not exist is the same error)."""
+    if data_root is None:
+        data = Path("data")
+        return not data.is_dir() or (data / "SYNTHETIC.txt").is_file()
+    return resolve_data_root(data_root).synthetic
+
+
 def reader_of(task: str) -> type[TaskDataset]:
     """The reader class the task names in its spec (``"module:Class"``)."""
     return pkgutil.resolve_name(TASKS[task].reader)

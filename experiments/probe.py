@@ -1,34 +1,11 @@
 #!/usr/bin/env python
-"""Linear probes of a checkpoint: how much of the classification task its backbone, neck and
-head features hold, next to its own Top-1 (val).  The yardstick for the classification read-out.
+"""Linear probes of a checkpoint's features (also: onehead-probe).
 
-    python experiments/probe.py --weights runs/<run>/stage1_seg.pt --data-root data
+The command lives in ``avalanche_onehead.commands.probe``; ``--help`` says what it does.
 """
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from avalanche_onehead.cli import fail  # noqa: E402
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, nargs="+", help="checkpoint(s) written by experiments/run.py")
-    p.add_argument("--data-root", default=None, help="data folder (default: the one recorded in the checkpoint)")
-    p.add_argument("--max-images", type=int, default=None, help="only the first N images per split (smoke tests)")
-    args = p.parse_args(argv)
-    from avalanche_onehead.probe import probe_checkpoint
-
-    with fail():
-        results = [probe_checkpoint(w, args.data_root, max_images=args.max_images) for w in args.weights]
-    print(json.dumps(results if len(results) > 1 else results[0], indent=2))
-    return 0
-
+from avalanche_onehead.commands.probe import main
 
 if __name__ == "__main__":
     sys.exit(main())

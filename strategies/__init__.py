@@ -7,8 +7,9 @@ from .registry import (
     build_plugins,
     build_remedies,
     canonical,
+    options_of,
     parse_strategy,
 )
 
 __all__ = ["REMEDIES", "TEACHER", "Remedies", "RemedyOptions", "build_plugins", "build_remedies", "canonical",
-           "parse_strategy"]
+           "options_of", "parse_strategy"]

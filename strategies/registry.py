@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from avalanche_onehead import rules
-from avalanche_onehead.settings import from_known_fields
+from avalanche_onehead.settings import from_known_fields, setting
 
 from .anchor import PretrainedAnchor
 from .remedies import FeatureKD, LwFDistillation, OneHeadEWC, PreviousModel, TaskBudgetReplay
@@ -20,21 +20,27 @@ from .remedies import FeatureKD, LwFDistillation, OneHeadEWC, PreviousModel, Tas
 
 @dataclass
 class RemedyOptions:
-    ewc_lambda: float = 1000.0
-    ewc_mode: str = "separate"  # or "online"
-    ewc_decay: float = 0.9  # online mode only
-    replay_mem_per_task: int = 10
-    replay_per_step: int = 2  # replayed images per earlier task per step, <= rules.MAX_REPLAY_PER_TASK_PER_STEP
-    lwf_alpha: float = 1.0
-    lwf_temperature: float = 2.0
-    lwf_det_threshold: float = 0.3
-    # weight of each distilled task's term, times lwf_alpha (default 1 each): a task first
-    # distilled in a later stage can be held harder without changing the stages before
-    lwf_task_weights: dict[str, float] = field(default_factory=dict)
-    kd_weight: float = 1.0
-    anchor_weight: float = 1.0
-    num_tasks: int = 3
-    seed: int = 0
+    """Every remedy's options, with defaults and help texts: ``run.py`` and ``fork_run.py`` make
+    their remedy flags from these fields; a recipe sets them under ``"remedy"``.  Which remedy
+    an option belongs to is its :class:`Remedy` entry's ``options``."""
+
+    ewc_lambda: float = setting(1000.0, help="EWC penalty weight")
+    ewc_mode: str = setting("separate", help="EWC mode: separate or online")
+    ewc_decay: float = setting(0.9, help="online EWC decay")
+    replay_mem_per_task: int = setting(10, help="stored images per task", flag="--replay-mem")
+    replay_per_step: int = setting(2, help="replayed images of each earlier task per step, <= "
+                                           f"{rules.MAX_REPLAY_PER_TASK_PER_STEP} (the challenge's rule)")
+    lwf_alpha: float = setting(1.0, help="LwF distillation weight")
+    lwf_temperature: float = setting(2.0, help="LwF temperature")
+    lwf_det_threshold: float = setting(0.3, help="teacher confidence from which LwF distils detection", cli=False)
+    # a task first distilled in a later stage can be held harder without changing the stages before
+    lwf_task_weights: dict[str, float] = setting(
+        help="weight of each distilled task's LwF term, times --lwf-alpha, e.g. det=10", factory=dict,
+        metavar="TASK=W,...", default_text="1 each")
+    kd_weight: float = setting(1.0, help="feature distillation weight")
+    anchor_weight: float = setting(1.0, help="pretrained-feature anchor weight")
+    num_tasks: int = setting(3, help="tasks in the run (set by the run)", cli=False)
+    seed: int = setting(0, help="the run's seed (set by the run)", cli=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RemedyOptions":
@@ -83,6 +89,7 @@ class Remedy:
     name: str
     summary: str
     make: Callable[[RemedyOptions, _Shared, list[Any]], list[Any]]
+    options: tuple[str, ...] = ()  # the RemedyOptions fields it reads
 
 
 REMEDIES: dict[str, Remedy] = {
@@ -91,15 +98,19 @@ REMEDIES: dict[str, Remedy] = {
         Remedy("naive", "no remedy: fine-tune on each task in turn (the forgetting lower bound)",
                lambda o, s, p: []),
         Remedy("ewc", "Elastic Weight Consolidation (Avalanche EWCPlugin): Fisher-weighted pull towards "
-                      "earlier weights (ewc_lambda, ewc_mode separate|online, ewc_decay)", _ewc),
+                      "earlier weights (ewc_lambda, ewc_mode separate|online, ewc_decay)", _ewc,
+               ("ewc_lambda", "ewc_mode", "ewc_decay")),
         Remedy("replay", "task-balanced replay (Avalanche ReplayPlugin): replay_mem_per_task stored, "
                          f"replay_per_step (<= {rules.MAX_REPLAY_PER_TASK_PER_STEP}) replayed per earlier task "
-                         "per step", _replay),
+                         "per step", _replay, ("replay_mem_per_task", "replay_per_step")),
         Remedy("lwf", "Learning without Forgetting on dense outputs: distil the earlier tasks' output "
-                      "channels from the previous model (lwf_alpha, lwf_temperature, lwf_task_weights)", _lwf),
-        Remedy("kd", "feature distillation: MSE to the previous model's neck features (kd_weight)", _kd),
+                      "channels from the previous model (lwf_alpha, lwf_temperature, lwf_task_weights)", _lwf,
+               ("lwf_alpha", "lwf_temperature", "lwf_det_threshold", "lwf_task_weights")),
+        Remedy("kd", "feature distillation: MSE to the previous model's neck features (kd_weight)", _kd,
+               ("kd_weight",)),
         Remedy("anchor", "pretrained-feature anchor: MSE of the pooled neck features to the untrained "
-                         "model's, in every stage, on the current images (anchor_weight)", _anchor),
+                         "model's, in every stage, on the current images (anchor_weight)", _anchor,
+               ("anchor_weight",)),
     )
 }
 
@@ -119,6 +130,12 @@ def parse_strategy(spec: str) -> list[str]:
     if "naive" in names and len(names) > 1:
         raise ValueError("'naive' means no remedy and cannot be combined with others")
     return names
+
+
+def options_of(spec: str) -> list[str]:
+    """The :class:`RemedyOptions` fields the remedies of ``spec`` read, in registry order."""
+    names = parse_strategy(spec)
+    return [o for name in REMEDIES if name in names for o in REMEDIES[name].options]
 
 
 def canonical(spec: str) -> str:

@@ -1,6 +1,9 @@
 """Shared fixtures: an isolated cache for the synthetic benchmark and the real mini-datasets."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.run
+from avalanche_onehead import commands
+
 import os
 from pathlib import Path
 
@@ -59,21 +62,12 @@ def real_root() -> Path:
     return root
 
 
-def load_script(relative: str):
-    """Import one of the project's scripts (``experiments/run.py``, ``eval.py``) as a module."""
-    import importlib.util
-
-    path = REPO_ROOT / relative
-    spec = importlib.util.spec_from_file_location(f"onehead_script_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="session")
 def run_cli():
-    """``experiments/run.py`` as a module (``main``, ``make_config``, ``build_parser``)."""
-    return load_script("experiments/run.py")
+    """The run command (``experiments/run.py``, ``onehead-run``): ``main``, ``make_config``, ``parse_args``."""
+    import avalanche_onehead.commands.run
+
+    return avalanche_onehead.commands.run
 
 
 @pytest.fixture(scope="module")

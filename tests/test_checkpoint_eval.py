@@ -1,13 +1,15 @@
 """Self-contained checkpoints and the TA's ``eval.py`` command."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.evaluate
+from avalanche_onehead import commands
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_script
 import torch
 
 from avalanche_onehead.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
@@ -20,7 +22,7 @@ SIZE = 64
 
 
 def _load_eval_module():
-    return load_script("eval.py")
+    return commands.evaluate
 
 
 def _meta(root: Path) -> dict:

@@ -1,11 +1,13 @@
 """compare.py's command line: its --help examples work, --out is honoured, failures leave no folder."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.compare
+from avalanche_onehead import commands
+
 import json
 from pathlib import Path
 
 import pytest
-from conftest import load_script
 
 METRICS = {"strategy": "", "seed": 0, "tasks": ["seg", "det", "cls"],
            "metric_names": {"seg": "mIoU", "det": "mAP", "cls": "Top-1"},
@@ -18,7 +20,7 @@ METRICS = {"strategy": "", "seed": 0, "tasks": ["seg", "det", "cls"],
 @pytest.fixture()
 def compare(monkeypatch):
     """compare.py with training replaced by a stand-in that records run.py's arguments."""
-    mod = load_script("experiments/compare.py")
+    mod = commands.compare
     calls = []
 
     def fake_train(strategy, out, run_args):

@@ -3,19 +3,21 @@ freeze what they say, the head warm-up moves only the new task's output channels
 cache is reused with the same results."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.run
+from avalanche_onehead import commands
+
 import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
 
 from avalanche_onehead.checkpoint import read_checkpoint
 from avalanche_onehead.feature_cache import BackboneFeatures, build_cache
 from avalanche_onehead.losses import OneHeadCriterion
 from avalanche_onehead.model import create_model
-from avalanche_onehead.stage_plans import StagePlan, apply_plan, plan_param_groups, resolve_plans, uses_cache
+from avalanche_onehead.stage_plans import StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
 from avalanche_onehead.targets import collate_onehead
 from benchmarks import JointTransform, load_split
 
@@ -31,7 +33,7 @@ def _images(root, task: str, n: int = 4):
 
 
 def _one_step(model, x, y, plan):
-    opt = torch.optim.AdamW(plan_param_groups(model, plan, 1e-2, 0.3, 1e-4))
+    opt = torch.optim.AdamW(param_groups(model, 1e-2, 0.3, 1e-4, plan=plan))
     loss = OneHeadCriterion()(model(x), y)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -110,7 +112,7 @@ def test_apply_plan_freezes_the_parts_it_does_not_name():
     assert trainable == {"head"}
     assert all(p.requires_grad == n.startswith(f"head.{len(model.head) - 1}.") for n, p in model.named_parameters())
     assert not model.backbone.training  # a frozen backbone computes what the cache holds
-    groups = plan_param_groups(model, StagePlan(train=["output"]), 1e-3, 0.3, 1e-4)
+    groups = param_groups(model, 1e-3, 0.3, 1e-4, plan=StagePlan(train=["output"]))
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))  # every parameter in a group
     assert {g["name"]: g["lr"] for g in groups}["frozen-no-decay"] == 0.0
 
@@ -122,7 +124,7 @@ def _run(tmp: Path, root, plan: dict, extra: list[str] = ()) -> Path:
     out = tmp / f"run-{len(list(tmp.iterdir()))}"
     argv = ["--config", str(cfg), "--data-root", str(root), "--tasks", "seg,det", "--max-images", "8",
             "--image-size", str(SIZE), "--workers", "0", "--no-progress", "--out", str(out), *extra]
-    assert load_script("experiments/run.py").main(argv) == 0
+    assert commands.run.main(argv) == 0
     return out
 
 

@@ -5,18 +5,20 @@ exit code 2, and nothing written or overwritten.
 """
 from __future__ import annotations
 
+import avalanche_onehead.commands.compare
+import avalanche_onehead.commands.evaluate
+from avalanche_onehead import commands
+
 import errno
 import json
 import os
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, load_script
 from PIL import Image
 
 from benchmarks import load_split
@@ -276,7 +278,7 @@ def checkpoint(synthetic_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def eval_cli():
-    return load_script("eval.py")
+    return commands.evaluate
 
 
 class Hostile:
@@ -439,15 +441,12 @@ def test_disk_full_after_the_last_epoch_repeats_only_the_end_of_the_stage(run_cl
 
 @pytest.fixture
 def compare_cli(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "experiments"))
-    sys.modules.pop("run", None)
-    import run  # what compare.py imports
+    import avalanche_onehead.commands.run
 
     def must_not_train(argv=None):
         raise AssertionError(f"trained {argv}")
-    monkeypatch.setattr(run, "main", must_not_train)
-    yield load_script("experiments/compare.py")
-    sys.modules.pop("run", None)
+    monkeypatch.setattr(avalanche_onehead.commands.run, "main", must_not_train)
+    return commands.compare
 
 
 @pytest.mark.parametrize("strategies,run_args,flag", [("naive,bogus", [], "bogus"),

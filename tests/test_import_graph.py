@@ -1,6 +1,8 @@
 """The house's shape: no import cycles among the project's modules, the core package
-importing neither ``benchmarks`` nor ``strategies`` at module level, and no task-name
-branches (``t == "det"``) outside the task modules."""
+importing neither ``benchmarks`` nor ``strategies`` at module level (its ``commands``, the layer
+that drives runs, may), thin scripts that import no other script and edit no ``sys.path``
+(``eval.py`` keeps one line, to run from a checkout), tests that import packages rather than
+load scripts by path, and no task-name branches (``t == "det"``) outside the task modules."""
 from __future__ import annotations
 
 import ast
@@ -13,6 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("avalanche_onehead", "benchmarks", "strategies")
 CORE = "avalanche_onehead"
+DRIVER = "avalanche_onehead.commands"  # the commands: may import benchmarks and strategies
+SCRIPTS = sorted([*(REPO / "experiments").glob("*.py"), REPO / "eval.py"])
 TASK_NAMES = ("seg", "det", "cls")
 
 
@@ -87,9 +91,46 @@ def test_the_core_imports_benchmarks_and_strategies_only_inside_functions(graph)
     """benchmarks and strategies build on the core, not the other way round: what the core
     still calls of them (the run's assembly in training.py, figures, predict, probes) is
     imported where it runs, never when the core is imported."""
-    offenders = [f"{graph_path(m)}:{line} imports {t}" for m, edges in graph.items() if m.split(".")[0] == CORE
+    offenders = [f"{graph_path(m)}:{line} imports {t}" for m, edges in graph.items()
+                 if m.split(".")[0] == CORE and not (m == DRIVER or m.startswith(DRIVER + "."))
                  for t, line, top in edges if top and t.split(".")[0] != CORE]
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_commands_are_declared_console_scripts():
+    """Every command module has a ``main`` and a console command in pyproject.toml."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    targets = {v.split(":")[0] for v in scripts.values()}
+    commands = {module_name(p) for p in (REPO / DRIVER.replace(".", "/")).glob("*.py") if p.name != "__init__.py"}
+    assert commands <= targets, sorted(commands - targets)
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        assert name.startswith("onehead-") and func == "main", (name, target)
+        assert module in project_modules(), target
+        assert "def main(" in project_modules()[module].read_text(), target
+
+
+def test_scripts_are_thin_and_import_no_other_script():
+    """A script imports the package (its command's ``main``), never another script, and edits
+    ``sys.path`` only in ``eval.py`` (which a TA runs from a checkout without installing it)."""
+    script_names = {p.stem for p in SCRIPTS}
+    for path in SCRIPTS:
+        tree = ast.parse(path.read_text(), str(path))
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & script_names, (path.name, imported & script_names)
+        edits = path.read_text().count("sys.path.insert") + path.read_text().count("sys.path.append")
+        assert edits == (1 if path.name == "eval.py" else 0), (path.name, edits)
+        assert len([n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]) == 0, path.name
+
+
+def test_no_test_loads_a_script_by_path():
+    offenders = [f"{p.name}:{i}" for p in sorted((REPO / "tests").glob("*.py")) if p.name != Path(__file__).name
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"spec_from_file_location|runpy|syspath_prepend|sys\.path\.(insert|append)", line)]
+    assert not offenders, offenders
 
 
 def graph_path(module: str) -> str:

@@ -1,6 +1,10 @@
 """ONNX export and ONNX Runtime inference: same outputs, same metrics, same card."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.evaluate
+import avalanche_onehead.commands.export
+from avalanche_onehead import commands
+
 import json
 import subprocess
 import sys
@@ -8,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
 
 from avalanche_onehead.checkpoint import read_checkpoint, save_checkpoint
 from avalanche_onehead.export import ATOL, META_KEY, RTOL, export_onnx
@@ -91,7 +94,7 @@ def test_onnx_runtime_matches_pytorch_within_the_stated_tolerance(checkpoint, ex
 
 
 def test_eval_gives_the_same_metrics_on_onnx_runtime(checkpoint, exported, capsys):
-    mod = load_script("eval.py")
+    mod = commands.evaluate
     results = {}
     for weights in (checkpoint, exported[0]):
         assert mod.main(["--weights", str(weights), "--tasks", "all", "--cpu", "--workers", "0", "--quiet"]) == 0
@@ -148,7 +151,7 @@ def test_export_bad_input_is_one_error_line_and_writes_nothing(case, checkpoint,
         weights = tmp_path / "notes.pt"
         weights.write_text("not a checkpoint\n")
     with pytest.raises(SystemExit) as info:
-        load_script("experiments/export.py").main(["--weights", str(weights), "--out", str(out)])
+        commands.export.main(["--weights", str(weights), "--out", str(out)])
     assert info.value.code == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()

@@ -1,13 +1,15 @@
 """experiments/predict.py: a picture, a JSON and a mask per image, from a .pt or an .onnx."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.predict
+from avalanche_onehead import commands
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 from PIL import Image
 
 from avalanche_onehead.checkpoint import save_checkpoint
@@ -69,7 +71,7 @@ def check_outputs(out: Path, name: str, size: tuple[int, int]) -> dict:
 
 def test_predict_writes_picture_json_and_mask_per_image(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "preds"
-    assert load_script("experiments/predict.py").main(
+    assert commands.predict.main(
         ["--weights", str(checkpoint), "--out", str(out), str(images / "a.jpg"), str(images)]) == 0
     stdout = capsys.readouterr().out
     assert "written: 2 image(s)" in stdout  # a.jpg named twice is predicted once
@@ -107,7 +109,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, checkpoint, image
         bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     out = tmp_path / "preds"
     with pytest.raises(SystemExit) as info:
-        load_script("experiments/predict.py").main(["--weights", str(checkpoint), "--out", str(out),
+        commands.predict.main(["--weights", str(checkpoint), "--out", str(out),
                                                     str(images / "a.jpg"), str(bad)])
     assert info.value.code == 2
     captured = capsys.readouterr()

@@ -1,10 +1,12 @@
 """experiments/probe.py: linear probes of a checkpoint's layers on the classification task."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.probe
+from avalanche_onehead import commands
+
 import json
 
 import numpy as np
-from conftest import load_script
 
 from avalanche_onehead.probe import probe_accuracy
 
@@ -25,7 +27,7 @@ def test_probe_cli_on_a_tiny_run(tmp_path, synthetic_root, run_cli, capsys):
                          "--max-images", "12", "--workers", "0", "--no-progress", "--device", "cpu",
                          "--data-root", str(synthetic_root), "--out", str(run)]) == 0
     capsys.readouterr()
-    assert load_script("experiments/probe.py").main(["--weights", str(run / "model.pt"), "--max-images", "12"]) == 0
+    assert commands.probe.main(["--weights", str(run / "model.pt"), "--max-images", "12"]) == 0
     r = json.loads(capsys.readouterr().out)
     for k in ("probe_backbone", "probe_neck", "probe_head", "model_top1"):
         assert 0.0 <= r[k] <= 1.0, k

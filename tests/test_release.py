@@ -1,11 +1,14 @@
 """The released checkpoint: release.py, and eval.py reproducing the reported metrics."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.evaluate
+import avalanche_onehead.commands.release
+from avalanche_onehead import commands
+
 import json
 from pathlib import Path
 
 import pytest
-from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = REPO / "weights" / "onehead.pt"
@@ -17,7 +20,7 @@ def test_release_copies_the_model_and_the_metrics_eval_must_match(tmp_path, synt
                          "--max-images", "4", "--workers", "0", "--no-pretrained", "--no-progress", "--device", "cpu",
                          "--data-root", str(synthetic_root), "--out", str(run)]) == 0
     out = tmp_path / "w" / "one.pt"
-    assert load_script("experiments/release.py").main([str(run), "--out", str(out)]) == 0
+    assert commands.release.main([str(run), "--out", str(out)]) == 0
     assert out.read_bytes() == (run / "model.pt").read_bytes()
     meta = json.loads(out.with_suffix(".metrics.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
@@ -25,7 +28,7 @@ def test_release_copies_the_model_and_the_metrics_eval_must_match(tmp_path, synt
         assert meta[key] == metrics[key], key
     assert meta["provenance"]["seed"] == 0 and meta["provenance"]["command"] and meta["run"] == str(run)
     with pytest.raises(SystemExit):
-        load_script("experiments/release.py").main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")])
+        commands.release.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")])
     assert "missing" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
@@ -33,7 +36,7 @@ def test_release_copies_the_model_and_the_metrics_eval_must_match(tmp_path, synt
 def test_released_checkpoint_reproduces_its_reported_metrics(real_root, tmp_path):
     expected = json.loads(RELEASED.with_suffix(".metrics.json").read_text())
     out = tmp_path / "eval.json"
-    assert load_script("eval.py").main(["--weights", str(RELEASED), "--data_root", str(real_root), "--tasks", "all",
+    assert commands.evaluate.main(["--weights", str(RELEASED), "--data_root", str(real_root), "--tasks", "all",
                                         "--cpu", "--quiet", "--out", str(out)]) == 0
     got = json.loads(out.read_text())
     for task, name in expected["metric_names"].items():

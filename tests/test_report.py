@@ -1,6 +1,9 @@
 """make_report.py: report.md is filled from run folders only, never by hand."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.report
+from avalanche_onehead import commands
+
 import json
 import shutil
 import subprocess
@@ -9,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "64", "--epochs", "1", "--max-images", "6", "--batch-size", "2", "--workers", "0",
@@ -52,7 +54,7 @@ def _metrics(folder: Path) -> dict:
 
 
 def test_the_shipped_template_is_filled_from_the_runs(report_runs):
-    report = load_script("experiments/make_report.py")
+    report = commands.report
     out = report_runs.base / "report.md"
     assert report.main(["--manifest", str(report_runs.manifest), "--out", str(out)]) == 0
     text = out.read_text()
@@ -69,7 +71,7 @@ def test_the_shipped_template_is_filled_from_the_runs(report_runs):
 
 
 def test_a_placeholder_no_run_provides_is_an_error(report_runs, tmp_path, capsys):
-    report = load_script("experiments/make_report.py")
+    report = commands.report
     template = tmp_path / "t.md"
     template.write_text("final seg {{default.final.seg}}; invented {{default.final.magic}}\n")
     out = tmp_path / "r.md"
@@ -83,7 +85,7 @@ def test_a_placeholder_no_run_provides_is_an_error(report_runs, tmp_path, capsys
 
 
 def test_seed_statistics_and_drops(report_runs, tmp_path):
-    report = load_script("experiments/make_report.py")
+    report = commands.report
     template = tmp_path / "t.md"
     template.write_text("{{default.final.cls}}|{{default.drop.seg}}|{{single.det}}\n")
     out = tmp_path / "r.md"
@@ -99,7 +101,7 @@ def test_seed_statistics_and_drops(report_runs, tmp_path):
 
 
 def test_a_manifest_without_runs_is_one_error_line(tmp_path, capsys):
-    report = load_script("experiments/make_report.py")
+    report = commands.report
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"remedies": ["x"]}))
     with pytest.raises(SystemExit) as e:
@@ -111,7 +113,7 @@ def test_a_manifest_without_runs_is_one_error_line(tmp_path, capsys):
 
 
 def test_single_task_runs_are_matched_by_epochs_and_an_earlier_schedule_is_tabled(report_runs, tmp_path):
-    report = load_script("experiments/make_report.py")
+    report = commands.report
     longer = tmp_path / "single-cls-longer"  # a stand-in single-task run trained for 3 cls epochs
     shutil.copytree(report_runs.s1, longer)
     m = _metrics(longer)

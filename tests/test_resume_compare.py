@@ -6,6 +6,10 @@ per split, batches of 2, 1/2/1 epochs, random init) and shared by all tests here
 """
 from __future__ import annotations
 
+import avalanche_onehead.commands.compare
+import avalanche_onehead.commands.fork
+from avalanche_onehead import commands
+
 import contextlib
 import io
 import json
@@ -20,7 +24,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import load_script
 
 from avalanche_onehead.plugins import WarmupCosinePlugin
 
@@ -39,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def compare_cli():
-    return load_script("experiments/compare.py")
+    return commands.compare
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -381,7 +384,7 @@ def test_compare_rejects_runs_with_different_task_orders(runs, compare_cli, tmp_
 # ---------------------------------------------------------------------------------------------
 
 def test_fork_from_stage_one_equals_a_run_from_scratch(runs, run_cli, tmp_path, synthetic_root):
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     scratch, forked = tmp_path / "scratch", tmp_path / "forked"
     args = [a if a != STRATEGY else "replay+lwf" for a in RUN_ARGS]
     assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
@@ -396,7 +399,7 @@ def test_fork_from_stage_one_equals_a_run_from_scratch(runs, run_cli, tmp_path, 
 
 
 def test_fork_refuses_what_it_cannot_reproduce(runs, tmp_path, capsys):
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     naive = tmp_path / "naive-src"
     naive.mkdir()
     for f in ("config.json", "stage1_seg.pt", "resume_stage1.pt"):
@@ -417,7 +420,7 @@ def test_fork_refuses_what_it_cannot_reproduce(runs, tmp_path, capsys):
 
 
 def test_fork_takes_remedy_options_and_waits_with_no_train(runs, tmp_path):
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     dest = tmp_path / "ewc-strong"
     assert fork_cli.main([str(runs.a), str(dest), "--strategy", "ewc", "--ewc-lambda", "5e4", "--no-train"]) == 0
     cfg = json.loads((dest / "config.json").read_text())
@@ -428,7 +431,7 @@ def test_fork_takes_remedy_options_and_waits_with_no_train(runs, tmp_path):
 
 def test_fork_after_stage_two_with_a_longer_last_stage_equals_a_run_from_scratch(runs, run_cli, tmp_path,
                                                                                    synthetic_root):
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     scratch = tmp_path / "scratch"
     args = [a if a != EPOCHS else "seg=1,det=2,cls=2" for a in RUN_ARGS]
     assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
@@ -452,7 +455,7 @@ def test_fork_after_stage_two_with_a_longer_last_stage_equals_a_run_from_scratch
 
 
 def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     cases = [(["--after-stage", "2", "--strategy", "replay"], "must keep them"),
              (["--after-stage", "2", "--epochs", "det=3"], "already trained"),
              (["--after-stage", "3"], "--after-stage must be 1..2"),
@@ -470,7 +473,7 @@ def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
 def test_fork_after_stage_two_may_hold_detection_harder_and_equals_a_run_from_scratch(runs, run_cli, tmp_path,
                                                                                       synthetic_root):
     """Detection is first distilled in stage 3, so its LwF weight may change in a fork after stage 2."""
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     scratch, forked = tmp_path / "scratch", tmp_path / "forked"
     assert run_cli.main([*RUN_ARGS, "--lwf-task-weights", "det=5", "--data-root", str(synthetic_root),
                          "--out", str(scratch)]) == 0
@@ -487,7 +490,7 @@ def test_fork_after_stage_two_may_hold_detection_harder_and_equals_a_run_from_sc
 
 
 def test_a_fork_after_stage_two_refuses_another_weight_for_a_task_distilled_before(runs, tmp_path, capsys):
-    fork_cli = load_script("experiments/fork_run.py")
+    fork_cli = commands.fork
     with pytest.raises(SystemExit):
         fork_cli.main([str(runs.a), str(tmp_path / "x"), "--after-stage", "2", "--lwf-task-weights", "seg=3",
                        "--no-progress"])

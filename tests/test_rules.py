@@ -5,6 +5,9 @@ that applies it move with it; a check that kept its own copy of the number would
 """
 from __future__ import annotations
 
+import avalanche_onehead.commands.report
+from avalanche_onehead import commands
+
 from types import SimpleNamespace
 
 import pytest
@@ -117,15 +120,13 @@ def test_the_drop_bar_reaches_the_closing_summary_and_the_figure(monkeypatch):
 
 
 def test_the_reports_targets_table_follows_the_project_bars(monkeypatch):
-    from conftest import load_script
-
-    report = load_script("experiments/make_report.py")
+    report = commands.report
     run = {"final": {"seg": 0.5}, "drop_pct": {"seg": 4.0}, "params": 3_000_000, "train_seconds": 40 * 60}
     fake = SimpleNamespace(tasks=["seg"], names={"seg": "mIoU"}, default=[run],
                            compliance={"latency": {"median_ms": 25.0}})
 
     def verdicts() -> dict[str, str]:
-        rows = report.Report.table_targets(fake).splitlines()[2:]
+        rows = report.table_targets(fake).splitlines()[2:]
         return {r.split("|")[1].strip(): r.split("|")[2].strip() + " -> " + r.split("|")[4].strip() for r in rows}
 
     before = verdicts()

@@ -1,12 +1,15 @@
 """A tiny end-to-end ``experiments/run.py`` on the synthetic benchmark: the run folder contract."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.evaluate
+import avalanche_onehead.commands.run
+from avalanche_onehead import commands
+
 import json
 import math
 from pathlib import Path
 
 import pytest
-from conftest import load_script
 from PIL import Image
 
 from avalanche_onehead import rules
@@ -17,7 +20,7 @@ TINY = ["--image-size", "64", "--epochs", "1", "--workers", "0", "--no-progress"
 
 
 def _run_main(argv) -> int:
-    return load_script("experiments/run.py").main(argv)
+    return commands.run.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def test_single_task_run_and_eval_agree(synthetic_root, tmp_path, capsys):
     assert (out / "stage1_det.pt").is_file() and (out / "model.pt").is_file()
     assert not (out / "stage2_det.pt").exists() and not list(out.glob("stage*_seg.pt"))
     capsys.readouterr()
-    ev = load_script("eval.py")
+    ev = commands.evaluate
     assert ev.main(["--weights", str(out / "model.pt"), "--tasks", "det", "--cpu", "--workers", "0",
                     "--quiet"]) == 0
     res = json.loads(capsys.readouterr().out)

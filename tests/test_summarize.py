@@ -1,10 +1,12 @@
 """experiments/summarize.py: the seeds table and report/results.json computed from run folders."""
 from __future__ import annotations
 
+import avalanche_onehead.commands.summarize
+from avalanche_onehead import commands
+
 import json
 
 import pytest
-from conftest import load_script
 
 
 def _run(tmp_path, name: str, seed: int, final_seg: float, drop: float):
@@ -22,7 +24,7 @@ def test_seed_summary_means_stds_and_worst_drop(tmp_path, capsys):
     runs = [_run(tmp_path, f"s{i}", i, f, dr) for i, (f, dr) in enumerate([(0.48, 4.0), (0.46, 8.0), (0.50, 0.0)])]
     out = tmp_path / "report" / "results.json"
     md = tmp_path / "report" / "seeds.md"
-    assert load_script("experiments/summarize.py").main([*map(str, runs), "--json", str(out),
+    assert commands.summarize.main([*map(str, runs), "--json", str(out),
                                                          "--markdown", str(md)]) == 0
     s = json.loads(out.read_text())
     assert [r["seed"] for r in s["seeds"]] == [0, 1, 2]
@@ -35,18 +37,18 @@ def test_seed_summary_means_stds_and_worst_drop(tmp_path, capsys):
     assert table in capsys.readouterr().out
     doc = tmp_path / "report.md"
     doc.write_text("intro\n<!-- seeds:begin -->\nold table\n<!-- seeds:end -->\nrest\n")
-    assert load_script("experiments/summarize.py").main([*map(str, runs), "--into", str(doc)]) == 0
+    assert commands.summarize.main([*map(str, runs), "--into", str(doc)]) == 0
     assert doc.read_text() == f"intro\n<!-- seeds:begin -->\n{table}<!-- seeds:end -->\nrest\n"
     bad = tmp_path / "plain.md"
     bad.write_text("no markers\n")
     with pytest.raises(SystemExit):
-        load_script("experiments/summarize.py").main([*map(str, runs), "--into", str(bad)])
+        commands.summarize.main([*map(str, runs), "--into", str(bad)])
     assert bad.read_text() == "no markers\n"
 
 
 def test_a_folder_without_metrics_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        load_script("experiments/summarize.py").main([str(tmp_path)])
+        commands.summarize.main([str(tmp_path)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.json" in err[0]
