@@ -166,7 +166,7 @@ def test_a_task_output_stage_moves_only_its_own_output_channels_in_every_epoch(s
                                "seg_loss_stride": 2, "remedy": {"ewc_lambda": 100.0},
                                "plan": {"seg": {**FROZEN, "views": 2}, "det": {"train": ["task_output"]}}}))
     out = tmp_path / "run"
-    assert load_script("experiments/run.py").main(
+    assert commands.run.main(
         ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "8",
          "--image-size", str(SIZE), "--workers", "0", "--no-progress", "--out", str(out)]) == 0
     before = read_checkpoint(out / "stage1_seg.pt")["state_dict"]
@@ -199,7 +199,7 @@ def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthet
     rebuilds the cache, puts the EMA back, and ends where the uninterrupted run ends."""
     from avalanche_onehead.plugins import WarmupCosinePlugin
 
-    run = load_script("experiments/run.py")
+    run = commands.run
     cfg = tmp_path / "recipe.json"
     cfg.write_text(json.dumps({
         "strategy": "ewc+lwf", "epochs": {"seg": 1, "det": 2}, "lr": 1e-3, "seg_loss_stride": 2,
