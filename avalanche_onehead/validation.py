@@ -264,19 +264,21 @@ def _plan_rules() -> Rule:
         "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999)}))
 
 
-REMEDY_RULES: dict[str, Rule] = {
-    "ewc_lambda": number(0), "ewc_mode": text(("separate", "online")),
-    "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
-    "replay_per_step": whole(1, challenge_rules.MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
-    "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
-    "lwf_task_weights": task_map(number(0)),
-    "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)}
+def remedy_rules() -> dict[str, Rule]:
+    """The rule of each remedy option (made when asked, so the replay cap is the rules' current one)."""
+    return {
+        "ewc_lambda": number(0), "ewc_mode": text(("separate", "online")),
+        "ewc_decay": number(0, above=True, hi=1), "replay_mem_per_task": whole(1),
+        "replay_per_step": whole(1, challenge_rules.MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
+        "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
+        "lwf_task_weights": task_map(number(0)),
+        "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)}
 
 
 def _remedy_rules() -> Rule:
     from strategies import RemedyOptions
 
-    return settings_of(RemedyOptions, REMEDY_RULES)
+    return settings_of(RemedyOptions, remedy_rules())
 
 
 RUN_RULES: dict[str, Rule] = {

@@ -89,7 +89,7 @@ def test_the_replay_cap_reaches_the_plugin_the_config_and_the_flag(monkeypatch, 
     with pytest.raises(SystemExit):
         run_cli.parse_args(["--replay-per-step", "6"])
     assert "--replay-per-step" in capsys.readouterr().err
-    assert run_cli.parse_args(["--replay-per-step", "5"]).replay_per_step == 5
+    assert run_cli.parse_args(["--replay-per-step", "5"]).remedy_replay_per_step == 5
 
 
 def _metrics(drop: float) -> dict:

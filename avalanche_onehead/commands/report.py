@@ -225,12 +225,12 @@ def table_earlier(runs: ReportRuns) -> str:
     head = ["recipe", "epochs"] + [f"{t} {runs.names[t]}" for t in runs.tasks] + \
            [f"{t} drop %" for t in runs.tasks[:-1]] + ["train min"]
     rows = []
-    for name, runs in (("earlier", runs.earlier), ("default", runs.default)):
-        ep = runs[0]["epochs"]
-        rows.append([f"{name} `{runs[0]['label']}` ({len(runs)} seeds)", ", ".join(f"{t} {ep[t]}" for t in runs.tasks)]
-                    + [pm([r["final"][t] for r in runs]) for t in runs.tasks]
-                    + [pm([r["drop_pct"][t] for r in runs], 1) for t in runs.tasks[:-1]]
-                    + [pm([r["train_seconds"] / 60 for r in runs], 1)])
+    for name, group in (("earlier", runs.earlier), ("default", runs.default)):
+        ep = group[0]["epochs"]
+        rows.append([f"{name} `{group[0]['label']}` ({len(group)} seeds)", ", ".join(f"{t} {ep[t]}" for t in runs.tasks)]
+                    + [pm([r["final"][t] for r in group]) for t in runs.tasks]
+                    + [pm([r["drop_pct"][t] for r in group], 1) for t in runs.tasks[:-1]]
+                    + [pm([r["train_seconds"] / 60 for r in group], 1)])
     return md_table(head, rows)
 
 

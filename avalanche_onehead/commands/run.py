@@ -29,7 +29,7 @@ from avalanche_onehead.validation import SettingError
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "default.json"
 SMOKE_IMAGE_SIZE = 128  # the synthetic benchmark's own image size
 SMOKE_EPOCHS = 2
-REMEDY = "remedy."  # the namespace prefix of the remedy flags (RemedyOptions fields)
+REMEDY = "remedy_"  # the namespace prefix of the remedy flags (RemedyOptions fields)
 # run settings checked as their flag is read; the others (strategy, order) once the recipe is merged
 CHECKED_AT_PARSE = ("epochs", "image_size", "backbone", "seed", "device", "batch_size", "lr", "workers",
                     "max_images")
@@ -54,7 +54,7 @@ def default_recipe() -> dict[str, Any]:
 
 
 def add_remedy_flags(parser, shown: str | None = None) -> dict[str, str]:
-    """The flags of the remedy options (RemedyOptions fields), dest ``remedy.<field>``; each
+    """The flags of the remedy options (RemedyOptions fields), dest ``remedy_<field>``; each
     shows as its default the default recipe's value where it has one, or ``shown``."""
     from strategies import RemedyOptions
 
@@ -65,7 +65,7 @@ def add_remedy_flags(parser, shown: str | None = None) -> dict[str, str]:
     g = parser.add_argument_group("remedy options (RemedyOptions; a recipe sets them under 'remedy')")
     values = {f: shown for f in RemedyOptions.__dataclass_fields__} if shown else \
         {k: f"from the default recipe, {show_value(v)}" for k, v in recipe.items()}
-    return add_setting_flags(g, RemedyOptions, check.REMEDY_RULES, dest_prefix=REMEDY, shown=values)
+    return add_setting_flags(g, RemedyOptions, check.remedy_rules(), dest_prefix=REMEDY, shown=values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setting_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags: RunConfig fields, and remedy options as ``remedy.<field>``."""
+    """The settings given as flags: RunConfig fields, and remedy options as ``remedy_<field>``."""
     return {k: v for k, v in vars(args).items() if k not in COMMAND_FLAGS and k != "given"}
 
 
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
 
 
 def flag_of(dest: str) -> str:
-    """The flag a namespace entry comes from (``remedy.replay_mem_per_task`` -> ``--replay-mem``)."""
+    """The flag a namespace entry comes from (``remedy_replay_mem_per_task`` -> ``--replay-mem``)."""
     for action in build_parser()._actions:
         if action.dest == dest and action.option_strings:
             return action.option_strings[0]
@@ -220,7 +220,7 @@ def epochs_layer(epochs: dict[str, int], value: int | dict[str, int]) -> dict[st
 def run_settings(flags: dict[str, Any], config: str | Path | None = None, tasks: str | None = None) -> RunConfig:
     """The one merge of a new run's settings: RunConfig's defaults < the recipe (``config``, else
     the default recipe) < ``flags`` (the settings given on the command line: RunConfig fields,
-    and remedy options as ``remedy.<field>``, which update the recipe's remedy options).
+    and remedy options as ``remedy_<field>``, which update the recipe's remedy options).
 
     Besides: ``tasks`` keeps only those tasks of the order; ``--joint`` without ``--strategy``
     trains no remedy; on the synthetic benchmark without ``config`` the recipe runs as a smoke
