@@ -15,6 +15,7 @@ from avalanche_onehead import rules
 from avalanche_onehead.settings import from_known_fields, setting
 
 from .anchor import PretrainedAnchor
+from .projection import GradientProjection
 from .remedies import FeatureKD, LwFDistillation, OneHeadEWC, PreviousModel, TaskBudgetReplay
 
 
@@ -39,6 +40,10 @@ class RemedyOptions:
         metavar="TASK=W,...", default_text="1 each")
     kd_weight: float = setting(1.0, help="feature distillation weight")
     anchor_weight: float = setting(1.0, help="pretrained-feature anchor weight")
+    gpm_threshold: float = setting(0.97, help="share of each earlier task's layer-input energy whose directions "
+                                              "gradient projection keeps still")
+    gpm_positions: int = setting(256, help="places per training view at which gradient projection samples a "
+                                           "layer's inputs")
     num_tasks: int = setting(3, help="tasks in the run (set by the run)", cli=False)
     seed: int = setting(0, help="the run's seed (set by the run)", cli=False)
 
@@ -80,6 +85,10 @@ def _kd(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
     return [FeatureKD(shared.previous_model(plugins), o.kd_weight)]
 
 
+def _gpm(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
+    return [GradientProjection(o.gpm_threshold, o.gpm_positions, seed=o.seed)]
+
+
 def _anchor(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
     return [PretrainedAnchor(o.anchor_weight)]
 
@@ -111,6 +120,9 @@ REMEDIES: dict[str, Remedy] = {
         Remedy("anchor", "pretrained-feature anchor: MSE of the pooled neck features to the untrained "
                          "model's, in every stage, on the current images (anchor_weight)", _anchor,
                ("anchor_weight",)),
+        Remedy("gpm", "Gradient Projection Memory: each shared conv's updates leave the input space of the "
+                      "earlier tasks' views untouched, their read-out rows stay (gpm_threshold, gpm_positions)",
+               _gpm, ("gpm_threshold", "gpm_positions")),
     )
 }
 

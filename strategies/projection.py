@@ -1,0 +1,224 @@
+"""Gradient Projection Memory (GPM; Saha, Garg & Roy, ICLR 2021) for the shared neck and head.
+
+Why: the classification stage has to move the shared layers to read the backbone's semantics
+(its own output channels alone reach 0.69 Top-1, report.md §0.5), and EWC and LwF then hold those
+layers in every direction. GPM holds them only where the earlier tasks' inputs live. For each
+conv layer of neck and head it keeps an orthonormal basis of the space the layer's inputs span on
+the earlier tasks' training views (the top directions of their uncentred covariance that hold
+``threshold`` of its energy, each task adding what the basis misses of it), and removes from every
+later update the part that acts on that space. The layer's response to the earlier tasks' inputs
+then stays what it was, up to the energy left out, while the directions those inputs do not use
+stay free for the new task. The basis is statistics of the layer inputs; no image is stored.
+
+Three differences from the paper, all for this model:
+
+* the optimizer is AdamW, so the *update* is projected after each step, not the gradient: the
+  adaptive scaling and the weight decay cannot leak into the protected space;
+* a conv's bias is the weight of a constant input, projected with it;
+* the output layer's rows of the earlier tasks are held where they are, and the current task's
+  rows are free: they are the task's own read-out.
+
+:func:`layer_inputs`, :func:`extend_basis` and :func:`project_rows` are the algorithm;
+:class:`GradientProjection` is its thin Avalanche plugin.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from avalanche_onehead.tasks import task_of_label
+
+
+def layer_inputs(conv: nn.Conv2d, x: Tensor, positions: int, generator: torch.Generator) -> Tensor:
+    """(N, in * k * k + 1): the input patches a stride-1 conv sees at up to ``positions`` random
+    places per image, with a constant 1 for the bias (zero when the conv has none)."""
+    k, pad = conv.kernel_size, conv.padding
+    patches = F.unfold(x.float().contiguous(), k, padding=pad)  # (B, C*k*k, L), ordered as weight.view(out, -1)
+    b, d, n = patches.shape
+    if n > positions:
+        pick = torch.randperm(n, generator=generator)[:positions]
+        patches = patches[:, :, pick]
+    rows = patches.transpose(1, 2).reshape(-1, d)
+    ones = torch.full((rows.shape[0], 1), 1.0 if conv.bias is not None else 0.0)
+    return torch.cat([rows, ones], dim=1)
+
+
+def extend_basis(basis: Tensor | None, cov: Tensor, threshold: float) -> Tensor:
+    """GPM's criterion on an uncentred covariance ``cov`` (d, d) of a new task's inputs: add the
+    fewest directions orthogonal to ``basis`` (d, r) such that the basis holds ``threshold`` of
+    the new task's input energy; returns the extended orthonormal basis (d, r')."""
+    cov = cov.double()
+    d = cov.shape[0]
+    basis = basis.double() if basis is not None else cov.new_zeros(d, 0)
+    total = float(torch.trace(cov))
+    if total <= 0:
+        return basis.float()
+    kept = float(torch.trace(basis.T @ cov @ basis))
+    rest = torch.eye(d, dtype=cov.dtype) - basis @ basis.T
+    values, vectors = torch.linalg.eigh(rest @ cov @ rest)
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    need = threshold * total - kept
+    if need <= 0:
+        return basis.float()
+    k = int(torch.searchsorted(torch.cumsum(values, 0), torch.tensor(need, dtype=values.dtype))) + 1
+    new = vectors[:, : min(k, d - basis.shape[1])]
+    new = new - basis @ (basis.T @ new)  # exact orthogonality despite rounding
+    new, _ = torch.linalg.qr(new)
+    return torch.cat([basis, new], dim=1).float()
+
+
+def project_rows(delta: Tensor, basis: Tensor) -> Tensor:
+    """Rows of ``delta`` (out, d) without their components in the span of ``basis`` (d, r)."""
+    return delta - (delta @ basis) @ basis.T
+
+
+def protected_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """The convs of neck and head before the output layer, by module name."""
+    last = f"head.{len(model.head) - 1}"
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and name.split(".")[0] in ("neck", "head") and name != last}
+
+
+def check_no_norms(model: nn.Module) -> None:
+    """GPM protects conv layers: a normalisation in neck or head would keep moving what they see."""
+    norms = [name for name, m in model.named_modules()
+             if name.split(".")[0] in ("neck", "head") and isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm))]
+    if norms:
+        raise ValueError(f"the gpm remedy needs a neck and head without normalisation (model norm 'none'); "
+                         f"this model has {norms[0]}")
+
+
+@torch.no_grad()
+def input_covariances(model: nn.Module, dataset, positions: int, batch_size: int, seed: int,
+                      device: str | torch.device = "cpu", num_workers: int = 0) -> dict[str, Tensor]:
+    """Uncentred covariance (d, d) of each protected layer's inputs over ``dataset``'s samples."""
+    layers = protected_layers(model)
+    cov = {name: None for name in layers}
+    generator = torch.Generator().manual_seed(seed)
+
+    def hook(name):
+        def collect(module, args, output):
+            rows = layer_inputs(module, args[0].cpu(), positions, generator).double()
+            c = rows.T @ rows
+            cov[name] = c if cov[name] is None else cov[name] + c
+        return collect
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        collate = getattr(dataset, "collate_fn", None)
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers):
+            model(batch[0].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: c for name, c in cov.items() if c is not None}
+
+
+class GradientProjection(SupervisedPlugin):
+    """GPM as a plugin: bases at the end of each stage, projected updates in the stages after.
+
+    A run forked from another remedy has no bases for its finished stages: those are computed
+    when the next stage starts, with the weights it starts from, on each finished stage's
+    training views (``rebuild_stage`` only remembers which)."""
+
+    def __init__(self, threshold: float = 0.97, positions: int = 256, batch_size: int = 16, seed: int = 0):
+        super().__init__()
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"gpm threshold must be in (0, 1], not {threshold}")
+        if positions < 1:
+            raise ValueError(f"gpm positions must be at least 1, not {positions}")
+        self.threshold, self.positions, self.batch_size, self.seed = threshold, positions, batch_size, seed
+        self.bases: dict[str, Tensor] = {}
+        self.stages: list[int] = []  # finished stages the bases hold
+        self._pending: list[tuple[int, Any]] = []
+        self._before: dict[str, Tensor] = {}
+        self._own_rows: slice | None = None
+
+    # -- memory ----------------------------------------------------------------------------------
+    def memorise(self, strategy, index: int, dataset) -> None:
+        """Extend every layer's basis by stage ``index``'s inputs under the model as it now is."""
+        check_no_norms(strategy.model)
+        covs = input_covariances(strategy.model, dataset, self.positions, self.batch_size,
+                                 self.seed * 7919 + index, strategy.device)
+        for name, c in covs.items():
+            self.bases[name] = extend_basis(self.bases.get(name), c, self.threshold)
+        self.stages.append(index)
+
+    def ranks(self) -> dict[str, tuple[int, int]]:
+        """Layer -> (protected directions, input dimension)."""
+        return {name: (b.shape[1], b.shape[0]) for name, b in self.bases.items()}
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.memorise(strategy, int(strategy.clock.train_exp_counter), strategy.experience.dataset)
+
+    def needs_rebuild(self, index: int) -> bool:
+        return index not in self.stages
+
+    def rebuild_stage(self, strategy, index: int, experience, **kwargs) -> None:
+        if index not in self.stages and all(i != index for i, _ in self._pending):
+            self._pending.append((index, experience.dataset))
+
+    # -- projection ------------------------------------------------------------------------------
+    def before_training_exp(self, strategy, **kwargs):
+        for index, dataset in sorted(self._pending, key=lambda p: p[0]):
+            self.memorise(strategy, index, dataset)
+        self._pending = []
+        task = task_of_label(int(strategy.experience.task_labels[0]))
+        self._own_rows = strategy.model.output_slices()[task]
+
+    def _watched(self, model) -> dict[str, nn.Conv2d]:
+        layers = {name: m for name, m in protected_layers(model).items() if name in self.bases}
+        layers[f"head.{len(model.head) - 1}"] = model.head[-1]
+        return layers
+
+    def before_update(self, strategy, **kwargs):
+        if not self.stages:
+            return
+        self._before = {}
+        for name, m in self._watched(strategy.model).items():
+            if m.weight.requires_grad:
+                self._before[name] = m.weight.detach().clone()
+                if m.bias is not None:
+                    self._before[name + ".bias"] = m.bias.detach().clone()
+
+    @torch.no_grad()
+    def after_update(self, strategy, **kwargs):
+        if not self._before:
+            return
+        model = strategy.model
+        out_name = f"head.{len(model.head) - 1}"
+        for name, m in self._watched(model).items():
+            if name not in self._before:
+                continue
+            w0, b0 = self._before[name], self._before.get(name + ".bias")
+            if name == out_name:  # earlier tasks' read-outs stay; the current task's rows move freely
+                keep = torch.ones(m.weight.shape[0], dtype=torch.bool)
+                keep[self._own_rows] = False
+                m.weight[keep] = w0[keep]
+                if b0 is not None:
+                    m.bias[keep] = b0[keep]
+                continue
+            delta = (m.weight - w0).reshape(w0.shape[0], -1)
+            bias = (m.bias - b0)[:, None] if b0 is not None else delta.new_zeros(delta.shape[0], 1)
+            moved = project_rows(torch.cat([delta, bias], dim=1), self.bases[name].to(delta.device))
+            m.weight.copy_(w0 + moved[:, :-1].reshape(w0.shape))
+            if b0 is not None:
+                m.bias.copy_(b0 + moved[:, -1])
+        self._before = {}
+
+    # -- resume ----------------------------------------------------------------------------------
+    def resume_state(self) -> dict[str, Any]:
+        return {"bases": {k: v.clone() for k, v in self.bases.items()}, "stages": list(self.stages)}
+
+    def restore(self, state: dict[str, Any], strategy, finished) -> None:
+        self.bases = {k: v.clone() for k, v in state.get("bases", {}).items()}
+        self.stages = [int(i) for i in state.get("stages", [])]
+        self._pending = []
