@@ -62,11 +62,13 @@ def extend_basis(basis: Tensor | None, cov: Tensor, threshold: float) -> Tensor:
     rest = torch.eye(d, dtype=cov.dtype) - basis @ basis.T
     values, vectors = torch.linalg.eigh(rest @ cov @ rest)
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    need = threshold * total - kept
+    slack = 1e-9 * total  # rounding: threshold 1.0 means every direction with energy, not all d
+    need = threshold * total - kept - slack
     if need <= 0:
         return basis.float()
     k = int(torch.searchsorted(torch.cumsum(values, 0), torch.tensor(need, dtype=values.dtype))) + 1
-    new = vectors[:, : min(k, d - basis.shape[1])]
+    k = min(k, int((values > slack).sum()), d - basis.shape[1])
+    new = vectors[:, :k]
     new = new - basis @ (basis.T @ new)  # exact orthogonality despite rounding
     new, _ = torch.linalg.qr(new)
     return torch.cat([basis, new], dim=1).float()
@@ -146,8 +148,9 @@ class GradientProjection(SupervisedPlugin):
     def memorise(self, strategy, index: int, dataset) -> None:
         """Extend every layer's basis by stage ``index``'s inputs under the model as it now is."""
         check_no_norms(strategy.model)
-        covs = input_covariances(strategy.model, dataset, self.positions, self.batch_size,
-                                 self.seed * 7919 + index, strategy.device)
+        with torch.random.fork_rng():  # the pass draws nothing from the stage's random stream (fork = scratch)
+            covs = input_covariances(strategy.model, dataset, self.positions, self.batch_size,
+                                     self.seed * 7919 + index, strategy.device)
         for name, c in covs.items():
             self.bases[name] = extend_basis(self.bases.get(name), c, self.threshold)
         self.stages.append(index)

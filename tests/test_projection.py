@@ -1,0 +1,185 @@
+"""Gradient projection (the ``gpm`` remedy): GPM's energy criterion on hand-made covariances, a
+projected update that leaves a conv's response to the memorised inputs unchanged, and a two-stage
+run in which the first task's outputs survive a second stage that moves the shared layers."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from avalanche_onehead.losses import OneHeadCriterion
+from avalanche_onehead.model import create_model
+from benchmarks import build_stream
+from strategies import RemedyOptions, build_plugins
+from strategies.projection import (GradientProjection, check_no_norms, extend_basis, layer_inputs,
+                                   project_rows, protected_layers)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_energy_criterion_keeps_the_fewest_directions():
+    cov = torch.diag(torch.tensor([10.0, 5.0, 1.0, 0.1]))  # total energy 16.1
+    assert extend_basis(None, cov, 0.90).shape == (4, 2)  # 10 + 5 >= 14.49
+    assert extend_basis(None, cov, 0.95).shape == (4, 3)  # 15 < 15.295 <= 16
+    basis = extend_basis(None, cov, 0.90)
+    # the kept directions are the two strongest axes
+    assert torch.allclose(basis.abs().sum(1), torch.tensor([1.0, 1.0, 0.0, 0.0]), atol=1e-6)
+
+
+def test_a_later_task_adds_only_what_the_basis_misses():
+    first = extend_basis(None, torch.diag(torch.tensor([4.0, 0.0, 0.0])), 0.99)
+    assert first.shape == (3, 1)
+    # a task whose energy lies on axis 0 (already kept) and axis 2: one new direction, axis 2
+    both = extend_basis(first, torch.diag(torch.tensor([3.0, 0.0, 1.0])), 0.99)
+    assert both.shape == (3, 2)
+    assert torch.allclose(both.T @ both, torch.eye(2), atol=1e-6)
+    assert torch.allclose(both[:, 1].abs(), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6)
+    # a task entirely inside the kept space adds nothing
+    assert extend_basis(both, torch.diag(torch.tensor([1.0, 0.0, 2.0])), 0.99).shape == (3, 2)
+
+
+def test_a_projected_update_keeps_the_conv_response_to_memorised_inputs():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    # memorised inputs: 4 channels that are mixtures of 2 patterns (a low-rank input space)
+    mix = torch.randn(2, 4)
+    old = torch.einsum("kc,bkhw->bchw", mix, torch.randn(3, 2, 5, 5))
+    rows = layer_inputs(conv, old, positions=1000, generator=torch.Generator().manual_seed(0))
+    assert rows.shape == (3 * 25, 4 * 9 + 1) and torch.all(rows[:, -1] == 1)
+    basis = extend_basis(None, rows.T.double() @ rows.double(), 1.0)
+    assert basis.shape[1] < rows.shape[1]  # some directions stay free
+    before = conv(old)
+    delta = torch.randn(6, 37)
+    moved = project_rows(delta, basis)
+    with torch.no_grad():
+        conv.weight += moved[:, :-1].reshape(conv.weight.shape)
+        conv.bias += moved[:, -1]
+    assert torch.allclose(conv(old), before, atol=1e-4)
+    new = torch.randn(1, 4, 5, 5)  # an input outside the memorised space does see the update
+    with torch.no_grad():
+        conv.weight -= moved[:, :-1].reshape(conv.weight.shape)
+        conv.bias -= moved[:, -1]
+        reference = conv(new)
+        conv.weight += moved[:, :-1].reshape(conv.weight.shape)
+        conv.bias += moved[:, -1]
+    assert not torch.allclose(conv(new), reference, atol=1e-3)
+
+
+def test_protected_layers_are_the_shared_convs_before_the_output_layer():
+    model = create_model(pretrained=False)
+    names = protected_layers(model)
+    assert "head.2" not in names and {"neck.lateral.0", "neck.output.0", "head.0.0", "head.1.0"} <= set(names)
+    check_no_norms(model)
+    with pytest.raises(ValueError, match="without normalisation"):
+        check_no_norms(create_model(pretrained=False, norm="gn"))
+
+
+def _strategy(model, plugins):
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        evaluator = EvaluationPlugin(loggers=[])
+    return Naive(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2),
+                 criterion=OneHeadCriterion(model.task_settings), train_mb_size=2, train_epochs=2,
+                 eval_mb_size=2, device="cpu", plugins=plugins, evaluator=evaluator, eval_every=-1)
+
+
+@torch.no_grad()
+def _seg_outputs(model, dataset) -> torch.Tensor:
+    model.eval()
+    out = torch.cat([model(dataset[i][0][None])["seg"] for i in range(len(dataset))])
+    model.train()
+    return out
+
+
+def test_the_first_task_survives_a_stage_that_moves_the_shared_layers(synthetic_root):
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    stream = build_stream(synthetic_root, ["seg", "cls"], 64, model.mean, model.std, max_images=4)
+    for p in model.backbone.parameters():  # as every stage plan of the cached recipes: GPM guards neck and head
+        p.requires_grad_(False)
+    (gpm,) = build_plugins("gpm", RemedyOptions(gpm_threshold=1.0, gpm_positions=10_000))
+    strategy = _strategy(model, [gpm])
+    seg_exp, cls_exp = stream.benchmark.train_stream
+    strategy.train(seg_exp, drop_last=True, num_workers=0)
+    assert gpm.stages == [0]
+    ranks = gpm.ranks()
+    assert set(ranks) == set(protected_layers(model))
+    # 4 images x 8 x 8 places at stride 8: fewer samples than a 3x3 conv's 96 * 9 + 1 inputs
+    assert ranks["head.0.0"][0] <= 4 * 64 < ranks["head.0.0"][1]
+    # the stage memorised its (randomly augmented) training views; this test checks the exact
+    # promise on fixed images, so the memory is made again from seg's validation images
+    seg_views = stream.benchmark.test_stream[0].dataset
+    gpm.bases, gpm.stages = {}, []
+    gpm.memorise(strategy, 0, seg_views)
+    after_seg = _seg_outputs(model, seg_views)
+    shared = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("neck", "head.0", "head.1"))}
+    cls_rows = model.output_slices()["cls"]
+    cls_before = model.head[-1].weight[cls_rows].clone()
+
+    strategy.train(cls_exp, drop_last=True, num_workers=0)
+    # the shared layers moved (in the directions the seg views do not use), and so did cls's read-out
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in shared.items() if k.startswith("head.1"))
+    assert not torch.equal(model.head[-1].weight[cls_rows], cls_before)
+    # ...yet the seg outputs on the seg stage's views are what they were
+    assert torch.allclose(_seg_outputs(model, seg_views), after_seg, atol=1e-3)
+
+
+def test_resume_keeps_the_bases_and_a_fork_computes_the_missing_ones(synthetic_root):
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    stream = build_stream(synthetic_root, ["seg", "cls"], 64, model.mean, model.std, max_images=4)
+    gpm = GradientProjection(threshold=0.99, positions=32)
+    strategy = _strategy(model, [gpm])
+    seg_exp, cls_exp = stream.benchmark.train_stream
+    strategy.train(seg_exp, drop_last=True, num_workers=0)
+
+    resumed = GradientProjection(threshold=0.99, positions=32)
+    resumed.restore(gpm.resume_state(), strategy, finished=[seg_exp])
+    assert not resumed.needs_rebuild(0)
+    assert all(torch.equal(resumed.bases[k], v) for k, v in gpm.bases.items())
+
+    # forked from a run without gpm: no state; the finished stage is remembered and its bases are
+    # computed when the next stage starts, from the weights it starts from, as the end of stage 1 did
+    forked = GradientProjection(threshold=0.99, positions=32)
+    forked.restore({}, strategy, finished=[seg_exp])
+    assert forked.needs_rebuild(0)
+    forked.rebuild_stage(strategy, 0, seg_exp)
+    strategy.experience = cls_exp
+    forked.before_training_exp(strategy)
+    assert forked.stages == [0] and not forked._pending
+    assert set(forked.bases) == set(gpm.bases)
+    for k, b in forked.bases.items():  # live views are drawn anew, so the bases agree in kind, not bit for bit
+        assert b.shape[0] == gpm.bases[k].shape[0] and 0 < b.shape[1] <= b.shape[0]
+        assert torch.allclose(b.T @ b, torch.eye(b.shape[1]), atol=1e-4)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="threshold"):
+        GradientProjection(threshold=0.0)
+    with pytest.raises(ValueError, match="positions"):
+        GradientProjection(positions=0)
+
+
+def test_a_fork_into_gpm_equals_a_gpm_run_from_scratch(synthetic_root, run_cli, tmp_path):
+    """On the frozen-feature cache (fixed views), the bases a fork computes when stage 2 starts
+    are those a gpm run computed at the end of stage 1: the two runs end bit-identical."""
+    import json
+
+    from avalanche_onehead.commands import fork
+
+    tiny = ["--data-root", str(synthetic_root), "--max-images", "6", "--image-size", "64", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--gpm-positions", "16"]
+    scratch, source, forked = tmp_path / "scratch", tmp_path / "source", tmp_path / "forked"
+    assert run_cli.main(tiny + ["--strategy", "gpm", "--out", str(scratch)]) == 0
+    assert run_cli.main(tiny + ["--out", str(source)]) == 0  # the default recipe's remedies
+    assert fork.main([str(source), str(forked), "--strategy", "gpm", "--gpm-positions", "16", "--no-progress"]) == 0
+    ms, mf = (json.loads((d / "metrics.json").read_text()) for d in (scratch, forked))
+    assert mf["strategy"] == ms["strategy"] == "gpm"
+    assert mf["matrix"] == ms["matrix"]
+    a, b = (torch.load(d / "model.pt", map_location="cpu", weights_only=False)["state_dict"] for d in (scratch, forked))
+    assert all(torch.equal(a[k], b[k]) for k in a)
