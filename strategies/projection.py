@@ -105,8 +105,8 @@ def input_covariances(model: nn.Module, dataset, positions: int, batch_size: int
 
     def hook(name):
         def collect(module, args, output):
-            rows = layer_inputs(module, args[0].cpu(), positions, generator).double()
-            c = rows.T @ rows
+            rows = layer_inputs(module, args[0].cpu(), positions, generator)
+            c = (rows.T @ rows).double()  # a float32 product per batch, summed in float64
             cov[name] = c if cov[name] is None else cov[name] + c
         return collect
 
@@ -160,7 +160,11 @@ class GradientProjection(SupervisedPlugin):
         return {name: (b.shape[1], b.shape[0]) for name, b in self.bases.items()}
 
     def after_training_exp(self, strategy, **kwargs):
-        self.memorise(strategy, int(strategy.clock.train_exp_counter), strategy.experience.dataset)
+        exp = strategy.experience
+        stream = getattr(exp, "origin_stream", None)
+        if stream is not None and exp.current_experience == len(stream) - 1:
+            return  # the last stage: no later stage would read its bases
+        self.memorise(strategy, int(strategy.clock.train_exp_counter), exp.dataset)
 
     def needs_rebuild(self, index: int) -> bool:
         return index not in self.stages
