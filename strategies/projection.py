@@ -29,23 +29,28 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from avalanche_onehead.tasks import task_of_label
 
 
 def layer_inputs(conv: nn.Conv2d, x: Tensor, positions: int, generator: torch.Generator) -> Tensor:
     """(N, in * k * k + 1): the input patches a stride-1 conv sees at up to ``positions`` random
-    places per image, with a constant 1 for the bias (zero when the conv has none)."""
-    k, pad = conv.kernel_size, conv.padding
-    patches = F.unfold(x.float().contiguous(), k, padding=pad)  # (B, C*k*k, L), ordered as weight.view(out, -1)
-    b, d, n = patches.shape
-    if n > positions:
-        pick = torch.randperm(n, generator=generator)[:positions]
-        patches = patches[:, :, pick]
-    rows = patches.transpose(1, 2).reshape(-1, d)
-    ones = torch.full((rows.shape[0], 1), 1.0 if conv.bias is not None else 0.0)
-    return torch.cat([rows, ones], dim=1)
+    places per image (the same places in every image of the batch), ordered as
+    ``weight.view(out, -1)``, with a constant 1 for the bias (zero when the conv has none).
+    Only the sampled patches are gathered: unfolding the whole map first would move
+    ``k * k`` times the map through memory for each layer."""
+    (k, _), (pad, _) = conv.kernel_size, conv.padding
+    b, c, h, w = x.shape
+    where = torch.randperm(h * w, generator=generator)[:positions]
+    rows, cols = where // w, where % w
+    offsets = torch.arange(k)
+    padded = F.pad(x.float(), (pad, pad, pad, pad))
+    # (B, C, P, k, k): for each place its k x k window of the padded map
+    patches = padded[:, :, (rows[:, None] + offsets)[:, :, None], (cols[:, None] + offsets)[:, None, :]]
+    flat = patches.permute(0, 2, 1, 3, 4).reshape(b * len(where), c * k * k)
+    ones = torch.full((flat.shape[0], 1), 1.0 if conv.bias is not None else 0.0)
+    return torch.cat([flat, ones], dim=1)
 
 
 def extend_basis(basis: Tensor | None, cov: Tensor, threshold: float) -> Tensor:
@@ -97,11 +102,16 @@ def check_no_norms(model: nn.Module) -> None:
 
 @torch.no_grad()
 def input_covariances(model: nn.Module, dataset, positions: int, batch_size: int, seed: int,
-                      device: str | torch.device = "cpu", num_workers: int = 0) -> dict[str, Tensor]:
-    """Uncentred covariance (d, d) of each protected layer's inputs over ``dataset``'s samples."""
+                      device: str | torch.device = "cpu", num_workers: int = 0,
+                      views: int | None = None) -> dict[str, Tensor]:
+    """Uncentred covariance (d, d) of each protected layer's inputs over ``dataset``'s samples
+    (a seeded random ``views`` of them when given: a few hundred views at a few hundred places
+    each are already far more samples than a layer has inputs)."""
     layers = protected_layers(model)
     cov = {name: None for name in layers}
     generator = torch.Generator().manual_seed(seed)
+    if views is not None and len(dataset) > views:
+        dataset = Subset(dataset, torch.randperm(len(dataset), generator=generator)[:views].tolist())
 
     def hook(name):
         def collect(module, args, output):
@@ -114,7 +124,7 @@ def input_covariances(model: nn.Module, dataset, positions: int, batch_size: int
     was_training = model.training
     model.eval()
     try:
-        collate = getattr(dataset, "collate_fn", None)
+        collate = getattr(getattr(dataset, "dataset", dataset), "collate_fn", None)
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers):
             model(batch[0].to(device))
     finally:
@@ -131,13 +141,15 @@ class GradientProjection(SupervisedPlugin):
     when the next stage starts, with the weights it starts from, on each finished stage's
     training views (``rebuild_stage`` only remembers which)."""
 
-    def __init__(self, threshold: float = 0.97, positions: int = 256, batch_size: int = 16, seed: int = 0):
+    def __init__(self, threshold: float = 0.97, positions: int = 256, views: int = 480, batch_size: int = 16,
+                 seed: int = 0):
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"gpm threshold must be in (0, 1], not {threshold}")
-        if positions < 1:
-            raise ValueError(f"gpm positions must be at least 1, not {positions}")
-        self.threshold, self.positions, self.batch_size, self.seed = threshold, positions, batch_size, seed
+        if positions < 1 or views < 1:
+            raise ValueError(f"gpm positions and views must be at least 1, not {positions} and {views}")
+        self.threshold, self.positions, self.views = threshold, positions, views
+        self.batch_size, self.seed = batch_size, seed
         self.bases: dict[str, Tensor] = {}
         self.stages: list[int] = []  # finished stages the bases hold
         self._pending: list[tuple[int, Any]] = []
@@ -150,7 +162,7 @@ class GradientProjection(SupervisedPlugin):
         check_no_norms(strategy.model)
         with torch.random.fork_rng():  # the pass draws nothing from the stage's random stream (fork = scratch)
             covs = input_covariances(strategy.model, dataset, self.positions, self.batch_size,
-                                     self.seed * 7919 + index, strategy.device)
+                                     self.seed * 7919 + index, strategy.device, views=self.views)
         for name, c in covs.items():
             self.bases[name] = extend_basis(self.bases.get(name), c, self.threshold)
         self.stages.append(index)

@@ -44,6 +44,8 @@ class RemedyOptions:
                                               "gradient projection keeps still")
     gpm_positions: int = setting(256, help="places per training view at which gradient projection samples a "
                                            "layer's inputs")
+    gpm_views: int = setting(480, help="training views of a finished stage from which gradient projection "
+                                       "estimates its bases (a seeded random subset)")
     num_tasks: int = setting(3, help="tasks in the run (set by the run)", cli=False)
     seed: int = setting(0, help="the run's seed (set by the run)", cli=False)
 
@@ -86,7 +88,7 @@ def _kd(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
 
 
 def _gpm(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
-    return [GradientProjection(o.gpm_threshold, o.gpm_positions, seed=o.seed)]
+    return [GradientProjection(o.gpm_threshold, o.gpm_positions, o.gpm_views, seed=o.seed)]
 
 
 def _anchor(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
@@ -121,8 +123,8 @@ REMEDIES: dict[str, Remedy] = {
                          "model's, in every stage, on the current images (anchor_weight)", _anchor,
                ("anchor_weight",)),
         Remedy("gpm", "Gradient Projection Memory: each shared conv's updates leave the input space of the "
-                      "earlier tasks' views untouched, their read-out rows stay (gpm_threshold, gpm_positions)",
-               _gpm, ("gpm_threshold", "gpm_positions")),
+                      "earlier tasks' views untouched, their read-out rows stay (gpm_threshold, gpm_positions, "
+                      "gpm_views)", _gpm, ("gpm_threshold", "gpm_positions", "gpm_views")),
     )
 }
 

@@ -67,6 +67,20 @@ def test_a_projected_update_keeps_the_conv_response_to_memorised_inputs():
     assert not torch.allclose(conv(new), reference, atol=1e-3)
 
 
+def test_layer_inputs_are_the_unfolded_patches_at_the_sampled_places():
+    import torch.nn.functional as F
+
+    for k, channels in ((3, 6), (1, 5)):
+        conv = nn.Conv2d(channels, 4, k, padding=k // 2)
+        x = torch.randn(2, channels, 7, 9)
+        rows = layer_inputs(conv, x, 20, torch.Generator().manual_seed(3))
+        where = torch.randperm(63, generator=torch.Generator().manual_seed(3))[:20]
+        unfolded = F.unfold(x, k, padding=k // 2)[:, :, where].transpose(1, 2).reshape(40, -1)
+        assert torch.equal(rows[:, :-1], unfolded)
+    assert torch.all(layer_inputs(nn.Conv2d(2, 2, 1, bias=False), torch.randn(1, 2, 3, 3), 4,
+                                  torch.Generator())[:, -1] == 0)  # no bias: no constant input
+
+
 def test_protected_layers_are_the_shared_convs_before_the_output_layer():
     model = create_model(pretrained=False)
     names = protected_layers(model)
