@@ -352,6 +352,8 @@ def run_stages(built: BuiltRun, state: dict[str, Any] | None, log) -> dict[str, 
     for i in range(progress["done"], len(built.stages)):
         train_stage(built, i, mid, progress, log)
         mid = None
+        for note in built.remedies.notes():
+            log(f"   {note}")
         evaluate_stage(built, i, progress, log)
         save_stage(built, i, progress)
     return progress

@@ -171,6 +171,13 @@ class GradientProjection(SupervisedPlugin):
         """Layer -> (protected directions, input dimension)."""
         return {name: (b.shape[1], b.shape[0]) for name, b in self.bases.items()}
 
+    def note(self) -> str | None:
+        """The run log's line on how much of each layer the earlier tasks hold."""
+        if not self.bases:
+            return None
+        held = ", ".join(f"{name} {r}/{d}" for name, (r, d) in self.ranks().items())
+        return f"gradient projection holds (input directions per layer, of all): {held}"
+
     def after_training_exp(self, strategy, **kwargs):
         exp = strategy.experience
         stream = getattr(exp, "origin_stream", None)

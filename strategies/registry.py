@@ -176,6 +176,10 @@ class Remedies:
         for name, p in self.stateful.items():
             p.restore(states.get(name, {}), strategy, finished)
 
+    def notes(self) -> list[str]:
+        """One line from each remedy that has something to say about its state (after a stage)."""
+        return [n for n in (p.note() for p in self.plugins if hasattr(p, "note")) if n]
+
     def rebuilders(self) -> list[Any]:
         """The remedies that recompute per-stage state from a finished stage's checkpoint (EWC)."""
         return [p for p in self.plugins if hasattr(p, "rebuild_stage")]

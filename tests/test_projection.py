@@ -123,6 +123,7 @@ def test_the_first_task_survives_a_stage_that_moves_the_shared_layers(synthetic_
     assert gpm.stages == [0]
     ranks = gpm.ranks()
     assert set(ranks) == set(protected_layers(model))
+    assert "head.0.0 " in gpm.note() and GradientProjection().note() is None
     # 4 images x 8 x 8 places at stride 8: fewer samples than a 3x3 conv's 96 * 9 + 1 inputs
     assert ranks["head.0.0"][0] <= 4 * 64 < ranks["head.0.0"][1]
     # the stage memorised its (randomly augmented) training views; this test checks the exact
