@@ -272,7 +272,8 @@ def remedy_rules() -> dict[str, Rule]:
         "replay_per_step": whole(1, challenge_rules.MAX_REPLAY_PER_TASK_PER_STEP), "lwf_alpha": number(0),
         "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
         "lwf_task_weights": task_map(number(0)),
-        "kd_weight": number(0), "anchor_weight": number(0), "num_tasks": whole(1), "seed": whole(0)}
+        "kd_weight": number(0), "anchor_weight": number(0), "gpm_threshold": number(0, above=True, hi=1),
+        "gpm_positions": whole(1), "gpm_views": whole(1), "num_tasks": whole(1), "seed": whole(0)}
 
 
 def _remedy_rules() -> Rule:
@@ -410,6 +411,10 @@ def check_run_config(cfg: Any, where: Callable[[str], str] = lambda name: f"--{n
     if "replay" in cfg.strategy.split("+") and mem < step:
         raise SettingError(where("remedy"), f"replay memory per task ({mem}) is smaller than the images "
                            f"replayed per step ({step})")
+    norm = cfg.model.get("norm", "none") if isinstance(cfg.model, dict) else "none"
+    if "gpm" in cfg.strategy.split("+") and norm != "none":
+        raise SettingError(where("strategy"), f"gpm protects the convs of neck and head and needs them without "
+                           f"normalisation, but the model's norm is {norm!r} (use norm 'none', the default)")
 
 
 # --- where results go ---------------------------------------------------------------------------

@@ -79,6 +79,7 @@ BAD_FLAGS = [
     (["--ewc-lambda", "nan"], "--ewc-lambda"), (["--replay-per-step", "11"], "--replay-per-step"),
     (["--lwf-temperature", "0"], "--lwf-temperature"), (["--ewc-decay", "1.5"], "--ewc-decay"),
     (["--strategy", "replay", "--replay-mem", "1", "--replay-per-step", "3"], "--replay"),
+    (["--gpm-threshold", "1.5"], "--gpm-threshold"), (["--gpm-views", "0"], "--gpm-views"),
     (["--no-such-flag"], "--no-such-flag"),
 ]
 
@@ -105,6 +106,8 @@ BAD_CONFIGS = [
     ({"task_weights": {"seg": -1}}, "'task_weights.seg'"), ({"order": "seg,xyz"}, "'order'"),
     ({"learning_rate": 1}, "learning_rate"), ({"model": [1]}, "'model'"), ({"pretrained": "yes"}, "'pretrained'"),
     ({"strategy": "replay", "remedy": {"replay_mem_per_task": 1, "replay_per_step": 2}}, "'remedy'"),
+    ({"remedy": {"gpm_threshold": 0}}, "'remedy.gpm_threshold'"),
+    ({"strategy": "gpm", "model": {"norm": "gn"}}, "'strategy'"),
 ]
 
 
