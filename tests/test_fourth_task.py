@@ -234,3 +234,14 @@ def test_the_predict_command_writes_its_section(bright, tmp_path):
     assert 0 <= record["brightness"]["value"] <= 1
     assert summary_line(record).endswith(f", brightness {record['brightness']['value']:.2f}")
     assert [p.rsplit("/", 1)[-1] for p in record["written"]] == ["grey.png", "grey.json", "grey_mask.png"]
+
+
+def test_the_probe_refuses_it_for_its_targets_are_not_classes(bright, tmp_path, synthetic_root):
+    """Its output is an image-level vector, but a logistic-regression probe needs a class per image."""
+    from avalanche_onehead.checkpoint import save_checkpoint
+    from avalanche_onehead.model import create_model
+    from avalanche_onehead.probe import probe_checkpoint
+
+    weights = save_checkpoint(tmp_path / "four.pt", create_model(pretrained=False), classes={}, image_size=SIZE)
+    with pytest.raises(ValueError, match="task 'bright' .* no class index per image"):
+        probe_checkpoint(weights, synthetic_root, max_images=4, task="bright")
