@@ -1,23 +1,32 @@
-"""Predict on your own images: one picture, one JSON and one mask per image.
+"""Predict on your own images: per image a picture, a JSON and the tasks' own files.
 
     python experiments/predict.py --weights weights/onehead.pt --out preds photo.jpg folder/
 
-For ``NAME.jpg`` it writes ``NAME.png`` (the segmentation overlay with a legend of the
-classes present, the detected boxes with class names and scores, the top-3 classes),
-``NAME.json`` (boxes in ORIGINAL pixels with class names, scores and COCO category ids,
-the class probabilities by name, the classes present in the mask) and ``NAME_mask.png``
-(the class index of every pixel, as a VOC palette PNG). ``.pt`` checkpoints run on
-PyTorch, ``.onnx`` exports on ONNX Runtime, through the same decoding. Every input is
-opened before anything is written, so a bad one stops the command with nothing written.
+For ``NAME.jpg`` it writes ``NAME.png`` (a panel per task that draws one, under a title line
+per task that gives one), ``NAME.json`` (the image's size, then a section per task) and each
+task's own file.  Every task says its part in its own module (``TaskSpec.predict_output``);
+this module loops over the tasks of the checkpoint, and a task without that hook is left out.
+With the built-in tasks ``NAME.png`` shows the segmentation overlay with a legend of the
+classes present, the detected boxes with class names and scores, and the top-3 classes;
+``NAME.json`` holds the boxes in ORIGINAL pixels with class names, scores and COCO category
+ids, the class probabilities by name and the classes present in the mask; and
+``NAME_mask.png`` is the class index of every pixel, as a VOC palette PNG. ``.pt``
+checkpoints run on PyTorch, ``.onnx`` exports on ONNX Runtime, through the same decoding.
+Every input is opened before anything is written, so a bad one stops the command with
+nothing written.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
 import torch
+
+from .tasks import TASKS, PredictionContext
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 #: boxes drawn on the picture (the JSON has every box the decoding keeps)
 MIN_SCORE = 0.3
@@ -64,88 +73,75 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 
 def class_names(meta: dict[str, Any], task: str, n: int) -> list[str]:
+    """The checkpoint's ``n`` class names of ``task``, or placeholders when it has none."""
     names = list(meta.get("classes", {}).get(task) or [])
     return names if len(names) == n else [f"{task} class {i}" for i in range(n)]
 
 
-def prediction_record(pred: dict[str, Any], meta: dict[str, Any], size: tuple[int, int],
-                      mask_file: str) -> dict[str, Any]:
-    """The JSON of one image's prediction (``pred`` from ``model.predict``)."""
-    det, probs, mask = pred["det"], pred["cls"].float().cpu(), pred["seg"].cpu()
-    det_names = class_names(meta, "det", int(meta["model_config"]["num_classes"]["det"]))
-    cls_names = class_names(meta, "cls", probs.numel())
-    seg_names = class_names(meta, "seg", int(meta["model_config"]["num_classes"]["seg"]))
-    ids = meta.get("class_keys", {}).get("det") or []  # detection's class keys are its COCO category ids
-    boxes = []
-    for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-        box = {"label": det_names[c], "class_index": int(c), "score": round(float(s), 4),
-               "box_xyxy": [round(float(v), 1) for v in b]}
-        if c < len(ids):
-            box["category_id"] = int(ids[c])
-        boxes.append(box)
-    order = probs.argsort(descending=True).tolist()
-    counts = torch.bincount(mask.flatten().long(), minlength=len(seg_names))
-    present = {seg_names[i]: round(float(counts[i]) / mask.numel(), 4) for i in counts.argsort(descending=True).tolist()
-               if counts[i] > 0}
-    return {
-        "height": size[0], "width": size[1],
-        "detections": boxes,
-        "classification": {"top3": [{"label": cls_names[i], "probability": round(float(probs[i]), 4)}
-                                    for i in order[:3]],
-                           "probabilities": {cls_names[i]: round(float(probs[i]), 4) for i in order}},
-        "segmentation": {"mask": mask_file, "classes_present": present},
-    }
+def output_tasks(task_order: Sequence[str]) -> list[str]:
+    """The model's tasks that have a part in the output (``TaskSpec.predict_output``), in the
+    order of their sections in the JSON; the others are left out."""
+    tasks = [t for t in task_order if t in TASKS and TASKS[t].predict_output is not None]
+    return sorted(tasks, key=lambda t: (TASKS[t].predict_output.position, TASKS[t].label))
 
 
-def save_mask(mask: torch.Tensor, path: Path) -> None:
-    """Class indices as a palette PNG (the VOC colour map), readable like VOC's own masks."""
-    from PIL import Image
+def prediction_contexts(meta: dict[str, Any], tasks: Sequence[str], name: str, min_score: float = MIN_SCORE,
+                        max_boxes: int = MAX_BOXES) -> dict[str, PredictionContext]:
+    """What each task's output hooks take for the image whose files are called ``name``."""
+    num_classes = meta["model_config"]["num_classes"]
+    out = {}
+    for t in tasks:
+        suffix = TASKS[t].predict_output.suffix
+        out[t] = PredictionContext(class_names(meta, t, int(num_classes[t])),
+                                   list(meta.get("class_keys", {}).get(t) or []),
+                                   f"{name}{suffix}" if suffix else None, min_score, max_boxes)
+    return out
 
-    from .tasks.seg import voc_palette
 
-    im = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
-    im.putpalette(voc_palette())
-    im.save(path)
+def prediction_record(pred: dict[str, Any], size: tuple[int, int],
+                      contexts: dict[str, PredictionContext]) -> dict[str, Any]:
+    """The JSON of one image's prediction (``pred`` from ``model.predict``): its size, then each
+    task's section, in the order of ``contexts`` (see :func:`output_tasks`)."""
+    record: dict[str, Any] = {"height": size[0], "width": size[1]}
+    for t, ctx in contexts.items():
+        spec = TASKS[t].predict_output
+        record[spec.key] = spec.record(pred[t], ctx)
+    return record
 
 
-def save_picture(image, pred: dict[str, Any], record: dict[str, Any], meta: dict[str, Any], path: Path,
-                 min_score: float = MIN_SCORE, max_boxes: int = MAX_BOXES) -> None:
-    """Two panels (segmentation overlay with its legend | detections) under the top-3 classes."""
+def summary_line(record: dict[str, Any]) -> str:
+    """The words of every task in ``record`` that has a summary, in the record's order (what the
+    command prints per image)."""
+    outputs = {spec.predict_output.key: spec.predict_output for spec in TASKS.values() if spec.predict_output}
+    return ", ".join(outputs[k].summary(v) for k, v in record.items() if k in outputs and outputs[k].summary)
+
+
+def save_picture(image: Image, pred: dict[str, Any], record: dict[str, Any], contexts: dict[str, PredictionContext],
+                 path: Path) -> None:
+    """A panel per task that draws one (label order: segmentation overlay with its legend |
+    detections), under the title lines of the tasks that give one (the top-3 classes); just the
+    image when no task draws a panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
 
-    from .tasks.seg import palette_colours
-
-    mask = pred["seg"].cpu().numpy()
-    colours = palette_colours()
-    seg_names = class_names(meta, "seg", int(meta["model_config"]["num_classes"]["seg"]))
+    outputs = {t: TASKS[t].predict_output for t in contexts}
+    panels = sorted((t for t, o in outputs.items() if o.panel is not None), key=lambda t: TASKS[t].label)
+    captions = [o.caption(record[o.key]) for o in outputs.values() if o.caption is not None]
     w, h = image.size
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 6 * h / max(w, 1) + 1.2))
-    ax.imshow(image)
-    alpha = (mask > 0) * 0.55
-    ax.imshow(np.concatenate([colours[mask], alpha[..., None]], -1))
-    present = [i for i in np.unique(mask).tolist() if 0 < i < len(seg_names)]  # background not overlaid
-    if present:
-        ax.legend(handles=[Patch(color=colours[i], label=seg_names[i]) for i in present], loc="lower left",
-                  fontsize=8, framealpha=0.8)
-    ax.set_title("segmentation" + ("" if present else ": background only"), fontsize=10)
-    bx.imshow(image)
-    shown = [d for d in record["detections"] if d["score"] >= min_score][:max_boxes]
-    for d in shown:
-        x0, y0, x1, y1 = d["box_xyxy"]
-        bx.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.8))
-        bx.text(x0, y0, f"{d['label']} {d['score']:.2f}", color="black", fontsize=8, va="bottom",
-                bbox={"facecolor": "yellow", "alpha": 0.85, "pad": 1, "lw": 0})
-    bx.set_title(f"detection: {len(shown)} boxes with score ≥ {min_score:g}", fontsize=10)
-    for a in (ax, bx):
-        a.set_xlim(0, w)
-        a.set_ylim(h, 0)
-        a.axis("off")
-    top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in record["classification"]["top3"])
-    fig.suptitle(f"classification, top 3: {top}", fontsize=11)
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 6 * h / max(w, 1) + 1.2), squeeze=False)
+    for ax, t in zip(axes[0], panels or [None]):
+        ax.imshow(image)
+        if t is not None:
+            outputs[t].panel(ax, pred[t], record[outputs[t].key], contexts[t])
+    for ax in axes[0]:
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.axis("off")
+    if captions:
+        fig.suptitle("\n".join(captions), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -170,18 +166,25 @@ def predict_files(weights: str | Path, inputs: Sequence[str | Path], out_dir: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tf = JointTransform(int(meta["image_size"]), train=False, mean=model.mean, std=model.std)
+    tasks = output_tasks(model.task_order)
     records = []
     for path, name in zip(paths, output_names(paths)):
         image = open_rgb(path)
         size = (image.height, image.width)
         x, _ = tf(image, {})
         with torch.no_grad():
-            pred = model.predict(x[None].to(device), [size])[0]
+            pred = model.predict(x[None].to(device), [size], tasks=tasks)[0]
+        contexts = prediction_contexts(meta, tasks, name, min_score, max_boxes)
         record = {"image": str(path), "weights": str(weights), "runtime": getattr(model, "runtime", "pytorch"),
-                  **prediction_record(pred, meta, size, f"{name}_mask.png")}
-        save_mask(pred["seg"], out_dir / f"{name}_mask.png")
-        save_picture(image, pred, record, meta, out_dir / f"{name}.png", min_score, max_boxes)
+                  **prediction_record(pred, size, contexts)}
+        files = []
+        for t, ctx in contexts.items():
+            write = TASKS[t].predict_output.write
+            if write is not None:
+                write(pred[t], out_dir / ctx.file)
+                files.append(ctx.file)
+        save_picture(image, pred, record, contexts, out_dir / f"{name}.png")
         (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-        record["written"] = [str(out_dir / f"{name}{s}") for s in (".png", ".json", "_mask.png")]
+        record["written"] = [str(out_dir / f) for f in (f"{name}.png", f"{name}.json", *files)]
         records.append(record)
     return records

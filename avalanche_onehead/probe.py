@@ -1,14 +1,18 @@
-"""Linear probes of what a checkpoint's layers know about the classification task.
+"""Linear probes of what a checkpoint's layers know about an image-level task (classification
+by default).
 
-The yardstick for the classification read-out: a logistic regression (L-BFGS, on
-standardised features, fitted on the train split, scored on val) on the global average of
+The yardstick for an image-level read-out such as classification's: a logistic regression
+(L-BFGS, on standardised features, fitted on the train split, scored on val) on the global
+average of
 
 * the backbone's stride-32 features (what ImageNet pre-training offers),
 * the neck's output (the input of the one head),
-* the head's last hidden layer (the input of the output layer: the classification logits
-  are a linear map of its global average),
+* the head's last hidden layer (the input of the output layer: an image-level task's output,
+  e.g. the classification logits, is a linear map of its global average),
 
-next to the model's own Top-1.  ``python experiments/probe.py --weights W`` prints them.
+next to the model's own Top-1 on that task.  Any task whose output is an image-level vector
+(``TaskSpec.reduce`` pools its map) and whose targets are class indices can be probed; a dense
+task cannot.  ``python experiments/probe.py --weights W [--task T]`` prints them.
 """
 from __future__ import annotations
 
@@ -18,15 +22,40 @@ from typing import Any
 import numpy as np
 import torch
 
+from .tasks import TASKS
+
+
+#: the task probed when none is named
+DEFAULT_TASK = "cls"
+
+
+def check_probed_task(task: str) -> None:
+    """A probe reads an image-level output: refuse an unknown task, or one whose output is a map."""
+    if task not in TASKS:
+        raise ValueError(f"probe: unknown task {task!r} (known: {', '.join(TASKS)})")
+    if TASKS[task].reduce is None:
+        raise ValueError(f"probe: task {task!r} ({TASKS[task].title}) has a dense output, not an image-level "
+                         "vector; a linear probe reads image-level tasks only")
+
+
+def class_indices(task: str, targets: list[Any]) -> np.ndarray:
+    """The task's targets of a split as one class index per image (what the logistic regression
+    is fitted to); a task whose targets are not class indices is refused."""
+    labels = TASKS[task].collate(list(targets))
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point():
+        raise ValueError(f"probe: task {task!r} ({TASKS[task].title}) has no class index per image to probe")
+    return labels.numpy()
+
 
 @torch.no_grad()
-def pooled_features(model, loader) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Global averages of the three probed layers, the model's classification logits, labels."""
+def pooled_features(model, loader, task: str = DEFAULT_TASK) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Global averages of the three probed layers, the model's output for ``task`` and the
+    class index of every image."""
     taps: dict[str, torch.Tensor] = {}
     hooks = [model.neck.register_forward_hook(lambda m, i, o: taps.__setitem__("neck", o)),
              model.head[-2].register_forward_hook(lambda m, i, o: taps.__setitem__("head", o))]
     out: dict[str, list] = {"backbone": [], "neck": [], "head": [], "logits": []}
-    labels = []
+    targets = []
     try:
         for x, y in loader:
             feats = model.backbone(x.contiguous(memory_format=torch.channels_last))
@@ -34,12 +63,12 @@ def pooled_features(model, loader) -> tuple[dict[str, np.ndarray], np.ndarray]:
             out["backbone"].append(feats[-1].mean((2, 3)))
             out["neck"].append(taps["neck"].mean((2, 3)))
             out["head"].append(taps["head"].mean((2, 3)))
-            out["logits"].append(pred["cls"])
-            labels += [t.label for t in y]
+            out["logits"].append(pred[task])
+            targets += list(y)
     finally:
         for h in hooks:
             h.remove()
-    return {k: torch.cat(v).float().numpy() for k, v in out.items()}, np.array(labels)
+    return {k: torch.cat(v).float().numpy() for k, v in out.items()}, class_indices(task, targets)
 
 
 def probe_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> float:
@@ -52,25 +81,27 @@ def probe_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_va
 
 
 def probe_checkpoint(weights: str | Path, data_root: str | Path | None = None, batch: int = 16,
-                     max_images: int | None = None) -> dict[str, Any]:
-    """Probe accuracies (val) of a checkpoint's backbone, neck and head, and its own Top-1."""
+                     max_images: int | None = None, task: str = DEFAULT_TASK) -> dict[str, Any]:
+    """Probe accuracies (val) of a checkpoint's backbone, neck and head on ``task``, and its own
+    Top-1 on it; a task without an image-level output is a ValueError."""
     from benchmarks import JointTransform, load_split
     from benchmarks.stream import data_root_of_checkpoint
 
     from .checkpoint import load_checkpoint
 
+    check_probed_task(task)
     model, meta = load_checkpoint(weights, "cpu")
     model = model.for_inference()
     root = data_root_of_checkpoint(data_root, meta)
     tf = JointTransform(int(meta["image_size"]), train=False, mean=model.mean, std=model.std)
     feats = {}
     for split in ("train", "val"):
-        ds = load_split(root.path, "cls", split, tf)
+        ds = load_split(root.path, task, split, tf)
         if max_images:
             ds.samples = ds.samples[:max_images]
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, collate_fn=lambda b: tuple(zip(*b)))
         loader = ((torch.stack(x), y) for x, y in loader)
-        feats[split] = pooled_features(model, loader)
+        feats[split] = pooled_features(model, loader, task)
     (tr, ytr), (va, yva) = feats["train"], feats["val"]
     result = {f"probe_{k}": probe_accuracy(tr[k], ytr, va[k], yva) for k in ("backbone", "neck", "head")}
     result["model_top1"] = float((va["logits"].argmax(1) == yva).mean())

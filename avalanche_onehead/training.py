@@ -164,6 +164,7 @@ def interrupted_note(run_dir: Path) -> str:
 
 def _run(cfg: RunConfig, log, resume: bool, where: dict[str, Path]) -> Path:
     """build -> stages -> results."""
+    # deferred: benchmarks builds on the core; a module-level import here would close a package cycle
     from benchmarks import resolve_data_root
 
     choice = checked_strategy(cfg)  # fail fast, before anything is made
@@ -186,6 +187,7 @@ class StrategyChoice(NamedTuple):
 
 def checked_strategy(cfg: RunConfig) -> StrategyChoice:
     """The run's remedies and their options; a wrong name, option or joint setting is an error here."""
+    # deferred: strategies builds on the core; a module-level import here would close a package cycle
     from strategies import RemedyOptions, canonical
 
     from .errors import OneHeadError
@@ -236,6 +238,7 @@ def build_run(cfg: RunConfig, choice: StrategyChoice, root, folder: RunFolder, l
     """Model, stream (or its feature cache), evaluator and loggers, remedies, the Avalanche template."""
     from avalanche.training import JointTraining, Naive
 
+    # deferred: strategies builds on the core; a module-level import here would close a package cycle
     from strategies import build_remedies
 
     seed_everything(cfg.seed)
@@ -307,6 +310,7 @@ def build_progress_plugins(cfg: RunConfig, name: str, stream, plans: dict[str, S
 
 def build_model_and_stream(cfg: RunConfig, name: str, root, log) -> tuple[OneHeadNet, Any, int]:
     """The model (initialised from the run's seed), the task stream, and the model's parameter count."""
+    # deferred: benchmarks builds on the core; a module-level import here would close a package cycle
     from benchmarks import build_stream
     from benchmarks.stream import describe_stream
 
@@ -559,6 +563,7 @@ def settings_text(cfg: RunConfig, strategy: str, plans: dict[str, StagePlan]) ->
 
 def preview_figure(model: OneHeadNet, stream, cfg: RunConfig):
     """Predictions of ``model`` on a few validation images of every task of the run."""
+    # deferred: benchmarks builds on the core; a module-level import here would close a package cycle
     from benchmarks import JointTransform
 
     from .figures import prediction_figure
@@ -576,6 +581,7 @@ def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 
+    # deferred: benchmarks builds on the core; a module-level import here would close a package cycle
     from benchmarks.stream import as_avalanche
 
     from .model import fold_batchnorm

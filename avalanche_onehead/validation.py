@@ -152,6 +152,7 @@ def device(v: Any) -> str:
 
 
 def strategy(v: Any) -> str:
+    # deferred: strategies builds on the core; a module-level import here would close a package cycle
     from strategies import canonical
 
     return canonical(text()(v))
@@ -277,6 +278,7 @@ def remedy_rules() -> dict[str, Rule]:
 
 
 def _remedy_rules() -> Rule:
+    # deferred: strategies builds on the core; a module-level import here would close a package cycle
     from strategies import RemedyOptions
 
     return settings_of(RemedyOptions, remedy_rules())

@@ -1,7 +1,9 @@
 """The pretrained-feature anchor: its loss on hand-made maps, and that the plugin pulls towards
-the model as built, in every stage, and resumes towards the same weights."""
+the model as built, in every stage, and resumes towards the same weights: on live images, and
+through the run command on the frozen-feature cache."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -78,3 +80,60 @@ def test_resuming_a_run_trained_without_the_anchor_is_refused():
     fresh = PretrainedAnchor()
     fresh.restore({}, None, finished=[])  # nothing finished yet: the anchor is taken at the start
     assert fresh.initial is None
+
+
+def test_in_a_cached_run_the_anchor_pulls_in_stage_2_and_a_resumed_run_keeps_its_weights(
+        synthetic_root, tmp_path, run_cli, capsys):
+    """The run command with the frozen-feature cache (frozen backbone, cached views): the anchor
+    reads cached features, pulls in every step of stage 2, and a run stopped at the start of
+    stage 2 and resumed anchors to the same weights as the run that went through, not to the
+    model it resumes from."""
+    from avalanche_onehead.checkpoint import read_checkpoint
+    from avalanche_onehead.feature_cache import BackboneFeatures
+
+    cfg = tmp_path / "recipe.json"
+    frozen = {"train": ["neck", "head", "output"], "views": 1}
+    cfg.write_text(json.dumps({"strategy": "anchor", "epochs": {"seg": 1, "det": 1}, "lr": 1e-3,
+                               "seg_loss_stride": 2, "remedy": {"anchor_weight": 2.0},
+                               "plan": {"seg": frozen, "det": frozen}}))
+    args = ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "6",
+            "--image-size", "64", "--batch-size", "2", "--workers", "0", "--no-progress"]
+    seen: list[tuple[int, float, bool]] = []  # (stage, penalty, the step read cached features)
+    anchors: dict[int, dict[str, torch.Tensor]] = {}  # the anchor's weights, at each stage's first step
+    stop = {"in stage 2": False}
+    original = PretrainedAnchor.before_backward
+
+    def tap(self, strategy, **kwargs):
+        stage = strategy.experience.current_experience
+        if stop["in stage 2"] and stage == 1:
+            raise KeyboardInterrupt
+        original(self, strategy, **kwargs)
+        seen.append((stage, self.last, isinstance(strategy.mb_x, BackboneFeatures)))
+        anchors.setdefault(stage, {k: v.clone() for k, v in self.initial.state_dict().items()})
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PretrainedAnchor, "before_backward", tap)
+        assert run_cli.main([*args, "--out", str(full)]) == 0
+        went_through, anchors_full = list(seen), dict(anchors)
+        seen.clear()
+        anchors.clear()
+        assert all(cached for _, _, cached in went_through)
+        stage2 = [p for stage, p, _ in went_through if stage == 1]
+        assert stage2 and all(p > 0 for p in stage2)  # it pulls in every step of stage 2
+        assert all(torch.equal(anchors_full[0][k], v) for k, v in anchors_full[1].items())  # the same anchor
+
+        stop["in stage 2"] = True
+        with pytest.raises(SystemExit) as e:
+            run_cli.main([*args, "--out", str(stopped)])
+        assert e.value.code == 130 and (stopped / "resume.pt").is_file()
+        stop["in stage 2"] = False
+        seen.clear()
+        anchors.clear()
+        capsys.readouterr()
+        assert run_cli.main(["--resume", str(stopped), "--no-progress"]) == 0
+    assert [stage for stage, _, _ in seen] == [1] * len(stage2)  # only stage 2 was trained again
+    assert all(torch.equal(anchors_full[1][k], v) for k, v in anchors[1].items())
+    assert [p for _, p, _ in seen] == pytest.approx(stage2, rel=1e-4)
+    resumed_from = read_checkpoint(stopped / "stage1_seg.pt")["state_dict"]
+    assert any(not torch.equal(resumed_from[k], v) for k, v in anchors[1].items())  # not the model after stage 1

@@ -3,11 +3,12 @@ lives in one place.
 
 The toy task regresses the mean brightness (grey level in 0..1) of the synthetic
 classification images through one output channel.  Its target type, collate, reader, loss,
-decoding, evaluator and distillation term are all below; ``register(BRIGHTNESS)`` in the
-fixture is the only line that tells the project about it.  Then the model grows its output
-channel group, the criterion its loss, the metrics its evaluator, the Avalanche stream its
-experience, LwF its distillation term, and a run folder its column of metrics.json.  The
-fixture takes the registration back, so no other test sees a fourth task.
+decoding, evaluator, distillation term and part of the predict command's output are all
+below; ``register(BRIGHTNESS)`` in the fixture is the only line that tells the project about
+it.  Then the model grows its output channel group, the criterion its loss, the metrics its
+evaluator, the Avalanche stream its experience, LwF its distillation term, a run folder its
+column of metrics.json, and the predict command its section of the JSON.  The fixture takes
+the registration back, so no other test sees a fourth task.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.regression import MeanAbsoluteError
 
-from avalanche_onehead.tasks import TASKS, Target, TaskSpec, register
+from avalanche_onehead.tasks import TASKS, PredictionOutput, Target, TaskSpec, register
 from benchmarks.readers import FolderClassification
 
 SIZE = 32
@@ -92,11 +93,16 @@ class BrightnessReader(FolderClassification):
         return BrightTarget(raw["brightness"])
 
 
+#: its part of the predict command's output: a JSON section and a word in the command's line
+#: (no file of its own, no panel of the picture)
+PREDICT_OUTPUT = PredictionOutput(key="brightness", record=lambda value, ctx: {"value": round(float(value), 4)},
+                                  summary=lambda section: f"brightness {section['value']:.2f}")
+
 BRIGHTNESS = TaskSpec(
     name="bright", label=3, title="mean brightness regression", metric_name="1-MAE", folder="imagenette_160",
     num_classes=1, target=BrightTarget, collate=stack_values, loss=brightness_loss, decode=decode_brightness,
     make_evaluator=BrightnessEvaluator, reader=f"{__name__}:BrightnessReader", reduce=pool,
-    distill=lambda student, teacher, lwf: F.mse_loss(student, teacher),
+    distill=lambda student, teacher, lwf: F.mse_loss(student, teacher), predict_output=PREDICT_OUTPUT,
 )
 
 
@@ -209,3 +215,33 @@ def test_a_run_folder_carries_its_metrics(bright, synthetic_root, tmp_path):
     assert m["baseline"]["bright"] == m["matrix"][0][0] and m["final"]["bright"] == m["matrix"][1][0]
     model, meta = load_checkpoint(out / "stage1_bright.pt")
     assert meta["classes"]["bright"] == ["brightness"] and model.output_slices()["bright"] == slice(46, 47)
+
+
+def test_the_predict_command_writes_its_section(bright, tmp_path):
+    from PIL import Image
+
+    from avalanche_onehead.checkpoint import save_checkpoint
+    from avalanche_onehead.model import create_model
+    from avalanche_onehead.predict import predict_files, summary_line
+
+    model = create_model(pretrained=False)
+    weights = save_checkpoint(tmp_path / "four.pt", model, classes={"bright": ["brightness"]}, image_size=SIZE)
+    photo = tmp_path / "grey.png"
+    Image.fromarray(np.full((40, 50, 3), 128, dtype=np.uint8)).save(photo)
+    (record,) = predict_files(weights, [photo], tmp_path / "preds")
+    written = json.loads((tmp_path / "preds" / "grey.json").read_text())
+    assert list(written)[-4:] == ["detections", "classification", "segmentation", "brightness"]  # after the built-ins
+    assert 0 <= record["brightness"]["value"] <= 1
+    assert summary_line(record).endswith(f", brightness {record['brightness']['value']:.2f}")
+    assert [p.rsplit("/", 1)[-1] for p in record["written"]] == ["grey.png", "grey.json", "grey_mask.png"]
+
+
+def test_the_probe_refuses_it_for_its_targets_are_not_classes(bright, tmp_path, synthetic_root):
+    """Its output is an image-level vector, but a logistic-regression probe needs a class per image."""
+    from avalanche_onehead.checkpoint import save_checkpoint
+    from avalanche_onehead.model import create_model
+    from avalanche_onehead.probe import probe_checkpoint
+
+    weights = save_checkpoint(tmp_path / "four.pt", create_model(pretrained=False), classes={}, image_size=SIZE)
+    with pytest.raises(ValueError, match="task 'bright' .* no class index per image"):
+        probe_checkpoint(weights, synthetic_root, max_images=4, task="bright")

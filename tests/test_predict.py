@@ -81,6 +81,51 @@ def test_predict_writes_picture_json_and_mask_per_image(checkpoint, images, tmp_
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "a_mask.png", "b.json", "b.png", "b_mask.png"]
 
 
+def test_the_json_layout_and_the_printed_line_are_pinned(checkpoint, images, tmp_path, capsys):
+    """The format users parse: key names and order of the record and of its sections, and the
+    command's line per image."""
+    out = tmp_path / "preds"
+    assert commands.predict.main(["--weights", str(checkpoint), "--out", str(out), str(images / "a.jpg")]) == 0
+    text = (out / "a.json").read_text()
+    record = json.loads(text)
+    assert text == json.dumps(record, indent=2) + "\n"
+    assert list(record) == ["image", "weights", "runtime", "height", "width", "detections", "classification",
+                            "segmentation"]
+    assert list(record["classification"]) == ["top3", "probabilities"]
+    assert [list(t) for t in record["classification"]["top3"]] == [["label", "probability"]] * 3
+    probs = list(record["classification"]["probabilities"].values())
+    assert probs == sorted(probs, reverse=True)  # most probable first
+    assert list(record["segmentation"]) == ["mask", "classes_present"]
+    shares = list(record["segmentation"]["classes_present"].values())
+    assert shares == sorted(shares, reverse=True)  # largest first
+    assert record["detections"]  # the untrained head keeps boxes, so their keys are checked
+    for d in record["detections"]:
+        assert list(d) == ["label", "class_index", "score", "box_xyxy", "category_id"]
+    top = record["classification"]["top3"][0]
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{images / 'a.jpg'}: {len(record['detections'])} boxes, top class {top['label']} "
+        f"({top['probability']:.2f}) -> a.png, a.json, a_mask.png")
+
+
+def test_a_task_without_the_output_hook_is_left_out(checkpoint, images, tmp_path, monkeypatch, capsys):
+    """Without detection's ``predict_output``: no "detections" section, no box count, the
+    picture keeps one panel (segmentation), the other tasks' parts stay as they are."""
+    from dataclasses import replace
+
+    from avalanche_onehead.tasks import TASKS
+
+    full = predict_files(checkpoint, [images / "a.jpg"], tmp_path / "full")[0]
+    monkeypatch.setitem(TASKS, "det", replace(TASKS["det"], predict_output=None))
+    out = tmp_path / "preds"
+    assert commands.predict.main(["--weights", str(checkpoint), "--out", str(out), str(images / "a.jpg")]) == 0
+    record = json.loads((out / "a.json").read_text())
+    assert "detections" not in record and "boxes" not in capsys.readouterr().out
+    assert {k: v for k, v in record.items() if k != "weights"} == {
+        k: v for k, v in full.items() if k not in ("weights", "detections", "written")}
+    one_panel, two_panels = Image.open(out / "a.png"), Image.open(tmp_path / "full" / "a.png")
+    assert one_panel.size[1] == two_panels.size[1] and one_panel.size[0] == two_panels.size[0] // 2
+
+
 def test_predict_mask_matches_the_model_prediction(checkpoint, images, tmp_path):
     from avalanche_onehead.onnx_runtime import load_model
     from benchmarks import JointTransform

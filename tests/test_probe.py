@@ -1,4 +1,5 @@
-"""experiments/probe.py: linear probes of a checkpoint's layers on the classification task."""
+"""experiments/probe.py: linear probes of a checkpoint's layers on an image-level task
+(classification by default); dense tasks are refused."""
 from __future__ import annotations
 
 import avalanche_onehead.commands.probe
@@ -7,8 +8,9 @@ from avalanche_onehead import commands
 import json
 
 import numpy as np
+import pytest
 
-from avalanche_onehead.probe import probe_accuracy
+from avalanche_onehead.probe import probe_accuracy, probe_checkpoint
 
 
 def test_probe_accuracy_separates_separable_features_and_not_noise():
@@ -32,3 +34,52 @@ def test_probe_cli_on_a_tiny_run(tmp_path, synthetic_root, run_cli, capsys):
     for k in ("probe_backbone", "probe_neck", "probe_head", "model_top1"):
         assert 0.0 <= r[k] <= 1.0, k
     assert r["train_images"] == 12 and r["val_images"] == 12
+
+
+@pytest.mark.parametrize("task, why", [("seg", "dense output"), ("det", "dense output"), ("nope", "unknown task")])
+def test_a_task_without_an_image_level_output_is_refused_by_name(task, why, tmp_path, capsys):
+    with pytest.raises(ValueError) as info:
+        probe_checkpoint(tmp_path / "never_read.pt", task=task)  # refused before the checkpoint is read
+    assert f"'{task}'" in str(info.value) and why in str(info.value)
+    with pytest.raises(SystemExit) as e:
+        commands.probe.main(["--weights", str(tmp_path / "never_read.pt"), "--task", task])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: probe:") and f"'{task}'" in err[0] and why in err[0]
+
+
+@pytest.fixture()
+def second_cls():
+    """Another image-level task on the same images: classification's spec under another name and label."""
+    from dataclasses import replace
+
+    from avalanche_onehead.tasks import TASKS, register
+
+    spec = register(replace(TASKS["cls"], name="cls2", label=7))
+    yield spec
+    TASKS.pop(spec.name)
+
+
+def test_the_probed_task_is_a_parameter(second_cls, tmp_path, synthetic_root):
+    """Probing "cls2" reads its own output channels for the model's Top-1 and fits the probes to
+    its targets: on the same images as "cls", the layers' probes agree and the model's Top-1 is
+    the one of cls2's logits."""
+    import torch
+
+    from avalanche_onehead.checkpoint import save_checkpoint
+    from avalanche_onehead.model import create_model
+    from benchmarks import load_split
+
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    with torch.no_grad():  # cls2's logits: always class 0, so its Top-1 is class 0's share of val
+        model.head[-1].bias[model.output_slices()["cls2"]] = torch.arange(10, 0, -1).float() * 100
+    names = {t: [f"{t}{i}" for i in range(n)] for t, n in model.cfg.num_classes.items()}
+    weights = save_checkpoint(tmp_path / "two.pt", model, classes=names, image_size=64)
+    a = probe_checkpoint(weights, synthetic_root, max_images=12)
+    b = probe_checkpoint(weights, synthetic_root, max_images=12, task="cls2")
+    assert {k: v for k, v in a.items() if k != "model_top1"} == {k: v for k, v in b.items() if k != "model_top1"}
+    val = load_split(synthetic_root, "cls2", "val")
+    val.samples = val.samples[:12]
+    share_of_class_0 = sum(int(val.make_target(val.load(i)[1]).label) == 0 for i in range(len(val))) / len(val)
+    assert b["model_top1"] == pytest.approx(share_of_class_0) and b["model_top1"] != a["model_top1"]

@@ -28,14 +28,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (.pt only)")
     args = p.parse_args(argv)
     from avalanche_onehead.cli import fail
-    from avalanche_onehead.predict import predict_files
+    from avalanche_onehead.predict import predict_files, summary_line
 
     with fail():
         records = predict_files(args.weights, args.inputs, args.out, args.min_score, args.max_boxes, args.device)
     for r in records:
-        top = r["classification"]["top3"][0]
-        print(f"{r['image']}: {len(r['detections'])} boxes, top class {top['label']} ({top['probability']:.2f}) "
-              f"-> {', '.join(Path(f).name for f in r['written'])}")
+        words = summary_line(r)
+        print(f"{r['image']}: {words + ' ' if words else ''}-> {', '.join(Path(f).name for f in r['written'])}")
     print(f"written: {len(records)} image(s) into {args.out}")
     return 0
 

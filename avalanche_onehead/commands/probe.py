@@ -1,7 +1,9 @@
-"""Linear probes of a checkpoint: how much of the classification task its backbone, neck and
-head features hold, next to its own Top-1 (val).  The yardstick for the classification read-out.
+"""Linear probes of a checkpoint: how much of an image-level task (classification by default)
+its backbone, neck and head features hold, next to its own Top-1 (val).  The yardstick for the
+classification read-out.
 
     python experiments/probe.py --weights runs/<run>/stage1_seg.pt --data-root data
+    python experiments/probe.py --weights runs/<run>/model.pt --task cls
 """
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ def main(argv=None) -> int:
     p.add_argument("--weights", required=True, nargs="+", help="checkpoint(s) written by experiments/run.py")
     p.add_argument("--data-root", default=None, help="data folder (default: the one recorded in the checkpoint)")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images per split (smoke tests)")
+    p.add_argument("--task", default=None,
+                   help="the task probed: one with an image-level output (default: classification, cls)")
     args = p.parse_args(argv)
-    from avalanche_onehead.probe import probe_checkpoint
+    from avalanche_onehead.probe import DEFAULT_TASK, probe_checkpoint
 
     with fail():
-        results = [probe_checkpoint(w, args.data_root, max_images=args.max_images) for w in args.weights]
+        results = [probe_checkpoint(w, args.data_root, max_images=args.max_images, task=args.task or DEFAULT_TASK)
+                   for w in args.weights]
     print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     return 0
 

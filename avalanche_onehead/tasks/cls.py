@@ -1,5 +1,6 @@
 """Image classification: one class index per image, logits as the spatial mean of the
-classification channels, cross-entropy, Top-1, temperature distillation."""
+classification channels, cross-entropy, Top-1, temperature distillation, and its part of the
+predict command's output (the class probabilities by name, the top 3 in the picture's title)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from .registry import Target, TaskSpec, register
+from .registry import PredictionContext, PredictionOutput, Target, TaskSpec, register
 
 
 @dataclass
@@ -77,10 +78,33 @@ def draw_label(ax, raw: dict[str, Any], pred: Tensor, names: list[str], panel: i
                  fontsize=8, color="green" if ok else "red")
 
 
+def probabilities_record(probs: Tensor, ctx: PredictionContext) -> dict[str, Any]:
+    """Its section of a prediction's JSON: the top 3 classes, and every class's probability,
+    most probable first."""
+    probs = probs.float().cpu()
+    order = probs.argsort(descending=True).tolist()
+    return {"top3": [{"label": ctx.names[i], "probability": round(float(probs[i]), 4)} for i in order[:3]],
+            "probabilities": {ctx.names[i]: round(float(probs[i]), 4) for i in order}}
+
+
+def top3_caption(section: dict[str, Any]) -> str:
+    """The picture's title line: the three most probable classes."""
+    return "classification, top 3: " + ", ".join(f"{t['label']} {t['probability']:.2f}" for t in section["top3"])
+
+
+def top_class_summary(section: dict[str, Any]) -> str:
+    """Its words in the command's line per image: the most probable class."""
+    top = section["top3"][0]
+    return f"top class {top['label']} ({top['probability']:.2f})"
+
+
+PREDICT_OUTPUT = PredictionOutput(key="classification", record=probabilities_record, position=2,
+                                  caption=top3_caption, summary=top_class_summary)
+
 CLS = register(TaskSpec(
     name="cls", label=2, title="image classification", metric_name="Top-1", folder="imagenette_160",
     num_classes=10, target=ClsTarget, collate=stack_labels, loss=classification_loss, decode=class_probabilities,
     make_evaluator=ClsEvaluator, reader="benchmarks.readers:FolderClassification", reduce=pool_logits,
     distill=lambda student, teacher, lwf: cls_distillation(student, teacher, lwf.temperature),
-    draw=draw_label, quality_bar=0.97, synthetic_writer="benchmarks.synthetic:write_cls",
+    draw=draw_label, predict_output=PREDICT_OUTPUT, quality_bar=0.97, synthetic_writer="benchmarks.synthetic:write_cls",
 ))

@@ -1,13 +1,14 @@
 """Object detection: boxes in network-input pixels, the FCOS-style loss and decoding of
 ``detection.py`` (configured by the model's ``detection`` settings), COCO mAP@[.5:.95] in
 ORIGINAL pixels (torchmetrics, pycocotools backend), distillation of class scores and
-confident boxes, box drawing.
+confident boxes, box drawing, and its part of the predict command's output (the boxes with
+class names, scores and COCO category ids; the boxes drawn).
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,10 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..detection import BOX_CHANNELS, DetectionConfig, Detections, decode_to_original, detection_loss, rescale_boxes
-from .registry import Target, TaskSpec, register
+from .registry import PredictionContext, PredictionOutput, Target, TaskSpec, register
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: class-logit bias at initialisation: the focal-loss prior p = 0.01 (RetinaNet)
 PRIOR_LOGIT = -4.595
@@ -170,11 +174,41 @@ def draw_boxes(ax, raw: dict[str, Any], pred: Detections, names: list[str], pane
     ax.set_title(f"top {int(keep.sum())} boxes ≥ {DRAW_MIN_SCORE} (truth dashed)", fontsize=8)
 
 
+def detections_record(det: Detections, ctx: PredictionContext) -> list[dict[str, Any]]:
+    """Its section of a prediction's JSON: every box the decoding keeps, in original pixels, with
+    its class name, score and (detection's class keys are its COCO category ids) category id."""
+    ids = ctx.class_keys
+    boxes = []
+    for b, s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+        box = {"label": ctx.names[c], "class_index": int(c), "score": round(float(s), 4),
+               "box_xyxy": [round(float(v), 1) for v in b]}
+        if c < len(ids):
+            box["category_id"] = int(ids[c])
+        boxes.append(box)
+    return boxes
+
+
+def draw_predicted_boxes(ax: Axes, det: Detections, section: list[dict[str, Any]], ctx: PredictionContext) -> None:
+    """The best boxes of the record (score at least ``ctx.min_score``, at most ``ctx.max_boxes``)."""
+    from matplotlib.patches import Rectangle
+
+    shown = [d for d in section if d["score"] >= ctx.min_score][:ctx.max_boxes]
+    for d in shown:
+        x0, y0, x1, y1 = d["box_xyxy"]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.8))
+        ax.text(x0, y0, f"{d['label']} {d['score']:.2f}", color="black", fontsize=8, va="bottom",
+                bbox={"facecolor": "yellow", "alpha": 0.85, "pad": 1, "lw": 0})
+    ax.set_title(f"detection: {len(shown)} boxes with score ≥ {ctx.min_score:g}", fontsize=10)
+
+
+PREDICT_OUTPUT = PredictionOutput(key="detections", record=detections_record, position=1,
+                                  panel=draw_predicted_boxes, summary=lambda boxes: f"{len(boxes)} boxes")
+
 DET = register(TaskSpec(
     name="det", label=1, title="object detection", metric_name="mAP", folder="mini_coco_det",
     num_classes=10, target=DetTarget, collate=DetTargets, loss=box_loss, decode=decode_to_original,
     make_evaluator=DetEvaluator, reader="benchmarks.readers:CocoDetection", extra_channels=BOX_CHANNELS,
     settings=settings, distill=lambda student, teacher, lwf: det_distillation(student, teacher, lwf.det_threshold),
-    init_output_bias=init_output_bias, draw=draw_boxes, secondary_metrics=("mAP50",), quality_bar=0.15,
-    synthetic_writer="benchmarks.synthetic:write_det",
+    init_output_bias=init_output_bias, draw=draw_boxes, predict_output=PREDICT_OUTPUT, secondary_metrics=("mAP50",),
+    quality_bar=0.15, synthetic_writer="benchmarks.synthetic:write_det",
 ))

@@ -1,14 +1,16 @@
 """What a task is (:class:`TaskSpec`) and the table of registered tasks (:data:`TASKS`).
 
 Each task module (``seg.py``, ``det.py``, ``cls.py``) defines everything that differs per
-task (target type, collate, loss, decoding, evaluator, distillation term, drawing, quality
-bar, reader and synthetic writer) and registers its spec here, next to that definition.
+task (target type, collate, loss, decoding, evaluator, distillation term, drawing, its part of
+the predict command's output (:class:`PredictionOutput`), quality bar, reader and synthetic
+writer) and registers its spec here, next to that definition.
 The model, criterion, metrics, readers, remedies and command lines loop over :data:`TASKS`
 instead of branching on task names.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -37,6 +39,40 @@ class Target:
 
 
 @dataclass(frozen=True)
+class PredictionContext:
+    """What a task's :class:`PredictionOutput` hooks get besides the prediction: its class
+    names and keys from the checkpoint, the name of its own file, the command's drawing limits."""
+
+    names: list[str]  # its class names (placeholders when the checkpoint has none)
+    class_keys: list[str]  # its dataset class keys from the checkpoint (detection's: COCO category ids)
+    file: str | None  # the file name of its own output (``PredictionOutput.suffix``), if it has one
+    min_score: float  # scored predictions are drawn from this score on (``--min-score``)
+    max_boxes: int  # and at most this many of them (``--max-boxes``)
+
+
+@dataclass(frozen=True)
+class PredictionOutput:
+    """A task's part of what the predict command (``avalanche_onehead/predict.py``) writes for
+    one image, so that the command loops over tasks instead of knowing them.
+
+    ``record`` turns the decoded prediction into the task's section ``key`` of NAME.json;
+    ``write`` (with ``suffix``) writes its own file NAME<suffix>; ``panel`` draws its panel of
+    NAME.png (over the image, which is drawn already), ``caption`` gives a line of the picture's
+    title instead; ``summary`` is its part of the command's one line per image.  All but
+    ``record`` are optional.  (``TaskSpec.draw`` draws a prediction next to its ground truth, for
+    the run's figures; these draw a prediction alone, under the command's limits.)"""
+
+    key: str  # its section's key in NAME.json
+    record: Callable[[Any, PredictionContext], Any]  # (prediction, context) -> JSON-ready section
+    position: int = 100  # sections sit in NAME.json by this, then by task label (built-ins: 1, 2, 3)
+    suffix: str | None = None  # its own file is NAME + suffix, written by ``write``
+    write: Callable[[Any, Path], None] | None = None  # (prediction, path)
+    panel: Callable[[Any, Any, Any, PredictionContext], None] | None = None  # (ax, prediction, section, context)
+    caption: Callable[[Any], str] | None = None  # (section) -> a line of the picture's title
+    summary: Callable[[Any], str] | None = None  # (section) -> its words in the command's line
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task.  ``loss``, ``decode`` and ``make_evaluator`` take the task's own settings as
     keyword arguments (``settings(model_config, head_stride)`` makes them from a model config;
@@ -62,6 +98,7 @@ class TaskSpec:
     init_output_bias: Callable[[Tensor, int], None] | None = None  # (its output bias, num_classes)
     draw: Callable[..., None] | None = None  # one panel of a prediction figure
     panels: int = 1  # panels per image in a prediction figure
+    predict_output: PredictionOutput | None = None  # its part of the predict command's files
     secondary_metrics: tuple[str, ...] = ()  # evaluator keys kept per stage beside the headline
     quality_bar: float | None = None  # the project's aim for the headline metric after the sequence
     synthetic_writer: str | None = None  # "module:function" writing its part of the synthetic benchmark

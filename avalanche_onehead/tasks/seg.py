@@ -1,5 +1,6 @@
 """Semantic segmentation: class-index masks, per-pixel cross-entropy, mIoU over one
-dataset-level confusion matrix, per-pixel distillation, mask overlays.
+dataset-level confusion matrix, per-pixel distillation, mask overlays, and its part of the
+predict command's output (the classes present, the mask as a VOC palette PNG, the overlay).
 
 The network's segmentation channels are logits at stride 8; the loss compares them,
 bilinearly upsampled, with the mask, and decoding upsamples them to the original image.
@@ -7,14 +8,19 @@ bilinearly upsampled, with the mask, and decoding upsamples them to the original
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from .registry import Target, TaskSpec, register
+from .registry import PredictionContext, PredictionOutput, Target, TaskSpec, register
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
 
 #: mask value of pixels that count nowhere (VOC's object borders)
 IGNORE = 255
@@ -185,22 +191,67 @@ def palette_colours():
     return np.asarray(voc_palette(), dtype=float).reshape(-1, 3) / 255
 
 
+def mask_overlay(mask: np.ndarray) -> np.ndarray:
+    """A (H, W) class-index array as an RGBA overlay: VOC colours, background and ignored pixels clear."""
+    import numpy as np
+
+    return np.concatenate([palette_colours()[mask], ((mask > 0) & (mask < IGNORE))[..., None] * 0.55], -1)
+
+
 def draw_mask(ax, raw: dict[str, Any], pred: Tensor, names: list[str], panel: int) -> None:
     """Panel 0: the ground-truth mask; panel 1: the predicted one, over the image."""
     import numpy as np
 
     mask = raw["mask"].numpy() if panel == 0 else pred.cpu().numpy()
-    rgba = np.concatenate([palette_colours()[mask], (mask > 0)[..., None] * (mask < IGNORE)[..., None] * 0.55], -1)
-    ax.imshow(rgba)
+    ax.imshow(mask_overlay(mask))
     present = sorted({int(c) for c in np.unique(mask) if 0 < c < IGNORE})
     ax.set_title(("truth: " if panel == 0 else "predicted: ")
                  + (", ".join(names[c] for c in present[:3]) or "background only"), fontsize=8)
 
+
+def mask_record(mask: Tensor, ctx: PredictionContext) -> dict[str, Any]:
+    """Its section of a prediction's JSON: the mask file's name and the share of every class
+    present, largest first."""
+    mask = mask.cpu()
+    counts = torch.bincount(mask.flatten().long(), minlength=len(ctx.names))
+    present = {ctx.names[i]: round(float(counts[i]) / mask.numel(), 4)
+               for i in counts.argsort(descending=True).tolist() if counts[i] > 0}
+    return {"mask": ctx.file, "classes_present": present}
+
+
+def save_mask_png(mask: Tensor, path: Path) -> None:
+    """Class indices as a palette PNG (the VOC colour map), readable like VOC's own masks."""
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray(mask.cpu().numpy().astype(np.uint8), mode="P")
+    im.putpalette(voc_palette())
+    im.save(path)
+
+
+def draw_predicted_mask(ax: Axes, mask: Tensor, section: dict[str, Any], ctx: PredictionContext) -> None:
+    """The predicted mask over the image, with a legend of the classes present (background not overlaid)."""
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    mask = mask.cpu().numpy()
+    ax.imshow(mask_overlay(mask))
+    present = [i for i in np.unique(mask).tolist() if 0 < i < len(ctx.names)]
+    if present:
+        colours = palette_colours()
+        ax.legend(handles=[Patch(color=colours[i], label=ctx.names[i]) for i in present], loc="lower left",
+                  fontsize=8, framealpha=0.8)
+    ax.set_title("segmentation" + ("" if present else ": background only"), fontsize=10)
+
+
+PREDICT_OUTPUT = PredictionOutput(key="segmentation", record=mask_record, position=3, suffix="_mask.png",
+                                  write=save_mask_png, panel=draw_predicted_mask)
 
 SEG = register(TaskSpec(
     name="seg", label=0, title="semantic segmentation", metric_name="mIoU", folder="mini_voc_seg",
     num_classes=21, target=SegTarget, collate=stack_masks, loss=segmentation_loss, decode=decode_mask,
     make_evaluator=SegEvaluator, reader="benchmarks.readers:VocSegmentation", subsample=subsample_masks,
     distill=lambda student, teacher, lwf: seg_distillation(student, teacher, lwf.temperature),
-    draw=draw_mask, panels=2, quality_bar=0.50, synthetic_writer="benchmarks.synthetic:write_seg",
+    draw=draw_mask, panels=2, predict_output=PREDICT_OUTPUT, quality_bar=0.50,
+    synthetic_writer="benchmarks.synthetic:write_seg",
 ))
