@@ -42,6 +42,9 @@ class StagePlan:
     views: int = 1  # cached training views per image (the first is the plain resize)
     # weight EMA within the stage (0: off); the stage ends with the averaged weights
     ema_decay: float = 0.0
+    # the run's remedies that act in this stage (None: all of them); the others only keep their
+    # records for the stages after (EWC's Fisher, the bases of gradient projection, the teacher)
+    remedies: list[str] | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.train if p not in PARTS]
@@ -52,6 +55,9 @@ class StagePlan:
             raise ValueError(f"stage plan 'views' must be at least 1 (got {self.views})")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"stage plan 'ema_decay' must be in [0, 1) (got {self.ema_decay})")
+        if self.remedies is not None and (not isinstance(self.remedies, list)
+                                          or not all(isinstance(r, str) for r in self.remedies)):
+            raise ValueError(f"stage plan 'remedies' must be a list of remedy names (got {self.remedies!r})")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"stage plan 'head_warmup_epochs' must be >= 0 (got {self.head_warmup_epochs})")
 
@@ -78,6 +84,10 @@ class StagePlan:
 
     def describe(self) -> str:
         return "its own output channels only" if self.own_output_only else ", ".join(self.train)
+
+    def acting(self, strategy_names: list[str]) -> list[str]:
+        """The run's remedies (``strategy_names``) that act in this stage."""
+        return [n for n in strategy_names if self.remedies is None or n in self.remedies]
 
 
 def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str, StagePlan]:

@@ -387,12 +387,15 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
         f"{'s' if strategy.train_epochs != 1 else ''}; trains {plan.describe()}"
         + (f"; first {warmup_epochs} fit only its output channels"
            if warmup_epochs and not plan.own_output_only else "")
-        + (f"; weight EMA {plan.ema_decay:g}" if plan.ema_decay else "") + ")")
+        + (f"; weight EMA {plan.ema_decay:g}" if plan.ema_decay else "")
+        + (f"; remedies acting: {'+'.join(plan.acting(list(built.remedies.by_name))) or 'none'}"
+           if plan.remedies is not None else "") + ")")
     t0 = time.perf_counter()
     built.current.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
     built.epoch_state.pending = mid
     built.stage_progress.start_stage(i)
     apply_plan(model, plan)
+    built.remedies.act_in_stage(plan.acting(list(built.remedies.by_name)))
     strategy.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
                                                         cfg.output_lr_mult, plan))
     strategy.optimized_param_id = None

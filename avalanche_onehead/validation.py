@@ -254,6 +254,11 @@ def _model_rules() -> Rule:
 def _plan_rules() -> Rule:
     from .stage_plans import PARTS, TASK_OUTPUT, StagePlan
 
+    def names(v):
+        if not isinstance(v, list) or any(not isinstance(n, str) for n in v):
+            raise ValueError(f"must be a list of remedy names, not {_show(v)}")
+        return v
+
     def parts(v):
         if v != [TASK_OUTPUT] and (not isinstance(v, list) or not v or any(p not in PARTS for p in v)):
             raise ValueError(f"must be a non-empty list of parts among {', '.join(PARTS)}, "
@@ -262,7 +267,8 @@ def _plan_rules() -> Rule:
 
     return task_map(settings_of(StagePlan, {
         "train": parts, "lr": optional(number(0, above=True)), "backbone_lr_mult": optional(number(0)),
-        "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999)}))
+        "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999),
+        "remedies": optional(names)}))
 
 
 def remedy_rules() -> dict[str, Rule]:
@@ -413,8 +419,14 @@ def check_run_config(cfg: Any, where: Callable[[str], str] = lambda name: f"--{n
     if "replay" in cfg.strategy.split("+") and mem < step:
         raise SettingError(where("remedy"), f"replay memory per task ({mem}) is smaller than the images "
                            f"replayed per step ({step})")
+    named = [n.strip().lower() for n in cfg.strategy.split("+")]
+    for task, plan in (cfg.plan or {}).items():
+        stray = [r for r in plan.get("remedies") or [] if r not in named]
+        if stray:
+            raise SettingError(where("plan"), f"the {task} stage's remedies name {stray[0]!r}, which is not "
+                               f"in the run's strategy {cfg.strategy!r}")
     norm = cfg.model.get("norm", "none") if isinstance(cfg.model, dict) else "none"
-    if "gpm" in cfg.strategy.split("+") and norm != "none":
+    if "gpm" in named and norm != "none":
         raise SettingError(where("strategy"), f"gpm protects the convs of neck and head and needs them without "
                            f"normalisation, but the model's norm is {norm!r} (use norm 'none', the default)")
 

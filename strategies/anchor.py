@@ -41,6 +41,7 @@ class PretrainedAnchor(SupervisedPlugin):
         self.weight = weight
         self.initial: torch.nn.Module | None = None
         self._initial_state: dict[str, Tensor] | None = None
+        self.active = True  # False: a stage whose plan leaves the anchor out
         self.last = 0.0  # latest penalty, for inspection
 
     def before_training_exp(self, strategy, **kwargs):
@@ -51,7 +52,7 @@ class PretrainedAnchor(SupervisedPlugin):
                 self._initial_state = None
 
     def before_backward(self, strategy, **kwargs):
-        if self.initial is None or self.weight == 0:
+        if self.initial is None or self.weight == 0 or not self.active:
             return
         with torch.no_grad():
             anchor = self.initial(strategy.mb_x).features

@@ -155,6 +155,7 @@ class GradientProjection(SupervisedPlugin):
         self._pending: list[tuple[int, Any]] = []
         self._before: dict[str, Tensor] = {}
         self._own_rows: slice | None = None
+        self.active = True  # False: a stage whose plan leaves projection out (its bases are still made)
 
     # -- memory ----------------------------------------------------------------------------------
     def memorise(self, strategy, index: int, dataset) -> None:
@@ -206,7 +207,7 @@ class GradientProjection(SupervisedPlugin):
         return layers
 
     def before_update(self, strategy, **kwargs):
-        if not self.stages:
+        if not self.stages or not self.active:
             return
         self._before = {}
         for name, m in self._watched(strategy.model).items():

@@ -167,6 +167,15 @@ class Remedies:
 
     plugins: list[Any] = field(default_factory=list)
     stateful: dict[str, Any] = field(default_factory=dict)
+    by_name: dict[str, list[Any]] = field(default_factory=dict)  # registry name -> its plugins
+
+    def act_in_stage(self, names: list[str]) -> None:
+        """Only the remedies ``names`` act in the coming stage (a stage plan's ``remedies``);
+        the others keep their end-of-stage records (EWC's Fisher, gpm's bases, the teacher)."""
+        for name, plugins in self.by_name.items():
+            for p in plugins:
+                if hasattr(p, "active"):
+                    p.active = name in names
 
     def resume_state(self) -> dict[str, dict[str, Any]]:
         return {name: p.resume_state() for name, p in self.stateful.items()}
@@ -195,6 +204,7 @@ def build_remedies(spec: str, options: RemedyOptions | None = None) -> Remedies:
         if name in parse_strategy(spec):
             made = REMEDIES[name].make(o, shared, remedies.plugins)
             names.update({id(p): name for p in made})
+            remedies.by_name[name] = made
             remedies.plugins += made
     if shared.teacher is not None:
         names[id(shared.teacher)] = TEACHER

@@ -46,8 +46,13 @@ class OneHeadEWC(EWCPlugin):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.active = True  # False: a stage whose plan leaves EWC out (its Fisher is still computed)
         self.fisher_rng: dict[int, dict[str, Any]] = {}
         self._rebuild: dict[int, dict[str, Any]] = {}
+
+    def before_backward(self, strategy, **kwargs):
+        if self.active:
+            super().before_backward(strategy, **kwargs)
 
     def after_training_exp(self, strategy, **kwargs):
         from avalanche_onehead.plugins import rng_state
@@ -105,12 +110,15 @@ class TaskBudgetReplay(ReplayPlugin):
         self.mem_per_task = mem_per_task
         self.per_step = per_step
         self.seed = seed
+        self.active = True  # False: a stage whose plan leaves replay out (the memory is still filled)
 
     def memory_tasks(self) -> int:
         return len(self.storage_policy.buffer_groups)
 
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True,
                             drop_last: bool = False, **kwargs):
+        if not self.active:
+            return None
         # the memory batch is split evenly over the stored tasks: per_step each
         self.batch_size_mem = self.per_step * max(self.memory_tasks(), 1)
         return super().before_training_exp(strategy, num_workers=num_workers, shuffle=shuffle,
@@ -189,12 +197,15 @@ class _Distillation(SupervisedPlugin):
         super().__init__()
         self.teacher = teacher
         self.weight = weight
+        self.active = True  # False: a stage whose plan leaves this remedy out
         self.last = 0.0  # latest penalty, for inspection
 
     def penalty(self, strategy) -> Tensor | None:
         raise NotImplementedError
 
     def before_backward(self, strategy, **kwargs):
+        if not self.active:
+            return
         p = self.penalty(strategy)
         if p is not None:
             self.last = float(p.detach())

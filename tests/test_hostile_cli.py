@@ -108,6 +108,8 @@ BAD_CONFIGS = [
     ({"strategy": "replay", "remedy": {"replay_mem_per_task": 1, "replay_per_step": 2}}, "'remedy'"),
     ({"remedy": {"gpm_threshold": 0}}, "'remedy.gpm_threshold'"),
     ({"strategy": "gpm", "model": {"norm": "gn"}}, "'strategy'"),
+    ({"strategy": "ewc+lwf", "plan": {"cls": {"remedies": ["gpm"]}}}, "'plan'"),
+    ({"plan": {"cls": {"remedies": "gpm"}}}, "'plan.cls.remedies'"),
 ]
 
 

@@ -199,3 +199,41 @@ def test_a_fork_into_gpm_equals_a_gpm_run_from_scratch(synthetic_root, run_cli, 
     assert mf["matrix"] == ms["matrix"]
     a, b = (torch.load(d / "model.pt", map_location="cpu", weights_only=False)["state_dict"] for d in (scratch, forked))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stage_plan_chooses_which_remedies_act(synthetic_root):
+    """``"remedies"`` in a stage plan: the others stay idle in that stage (no penalty, no teacher
+    pass) but keep their records for later stages (EWC's Fisher, gpm's bases)."""
+    from strategies import build_remedies
+    from strategies.remedies import LwFDistillation, OneHeadEWC
+
+    built = build_remedies("ewc+lwf+gpm")
+    built.act_in_stage(["gpm"])
+    ewc, lwf, gpm = (next(p for p in built.plugins if isinstance(p, k))
+                     for k in (OneHeadEWC, LwFDistillation, GradientProjection))
+    assert (ewc.active, lwf.active, gpm.active) == (False, False, True)
+    built.act_in_stage(["ewc", "lwf", "gpm"])
+    assert ewc.active and lwf.active and gpm.active
+
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    stream = build_stream(synthetic_root, ["seg", "det", "cls"], 64, model.mean, model.std, max_images=4)
+    built = build_remedies("ewc+lwf+gpm", RemedyOptions(ewc_lambda=1e5, gpm_positions=16))
+    ewc, lwf, gpm = (next(p for p in built.plugins if isinstance(p, k))
+                     for k in (OneHeadEWC, LwFDistillation, GradientProjection))
+    strategy = _strategy(model, built.plugins)
+    seg_exp, det_exp, cls_exp = stream.benchmark.train_stream
+    built.act_in_stage(["ewc", "lwf"])
+    strategy.train(seg_exp, drop_last=True, num_workers=0)
+    strategy.train(det_exp, drop_last=True, num_workers=0)  # gpm idle: the seg rows of the output layer move
+    assert lwf.last > 0 and gpm.stages == [0, 1]  # ...and yet it made the bases of both stages
+    lwf.last = 0.0
+    built.act_in_stage(["gpm"])
+    seg_rows = model.output_slices()["seg"]
+    before = model.head[-1].weight[seg_rows].clone()
+    strategy.train(cls_exp, drop_last=True, num_workers=0)
+    assert lwf.last == 0.0  # no distillation in the cls stage
+    assert torch.equal(model.head[-1].weight[seg_rows], before)  # gpm held the earlier read-outs
+    assert set(ewc.importances) == {0, 1, 2}  # EWC still estimated its Fisher after every stage
