@@ -137,9 +137,9 @@ def input_covariances(model: nn.Module, dataset, positions: int, batch_size: int
 class GradientProjection(SupervisedPlugin):
     """GPM as a plugin: bases at the end of each stage, projected updates in the stages after.
 
-    A run forked from another remedy has no bases for its finished stages: those are computed
-    when the next stage starts, with the weights it starts from, on each finished stage's
-    training views (``rebuild_stage`` only remembers which)."""
+    A run forked from another remedy has no bases for its finished stages: ``rebuild_stage``
+    computes each from that stage's checkpoint and training views, what the end of the stage
+    would have computed, so the fork continues as a run that had gpm from the start."""
 
     def __init__(self, threshold: float = 0.97, positions: int = 256, views: int = 480, batch_size: int = 16,
                  seed: int = 0):
@@ -152,7 +152,6 @@ class GradientProjection(SupervisedPlugin):
         self.batch_size, self.seed = batch_size, seed
         self.bases: dict[str, Tensor] = {}
         self.stages: list[int] = []  # finished stages the bases hold
-        self._pending: list[tuple[int, Any]] = []
         self._before: dict[str, Tensor] = {}
         self._own_rows: slice | None = None
         self.active = True  # False: a stage whose plan leaves projection out (its bases are still made)
@@ -190,14 +189,13 @@ class GradientProjection(SupervisedPlugin):
         return index not in self.stages
 
     def rebuild_stage(self, strategy, index: int, experience, **kwargs) -> None:
-        if index not in self.stages and all(i != index for i, _ in self._pending):
-            self._pending.append((index, experience.dataset))
+        """The bases the end of finished stage ``index`` made: the model holds that stage's
+        checkpoint (the run's resume loads it), stages are rebuilt in order."""
+        if index not in self.stages:
+            self.memorise(strategy, index, experience.dataset)
 
     # -- projection ------------------------------------------------------------------------------
     def before_training_exp(self, strategy, **kwargs):
-        for index, dataset in sorted(self._pending, key=lambda p: p[0]):
-            self.memorise(strategy, index, dataset)
-        self._pending = []
         task = task_of_label(int(strategy.experience.task_labels[0]))
         self._own_rows = strategy.model.output_slices()[task]
 
@@ -248,4 +246,3 @@ class GradientProjection(SupervisedPlugin):
     def restore(self, state: dict[str, Any], strategy, finished) -> None:
         self.bases = {k: v.clone() for k, v in state.get("bases", {}).items()}
         self.stages = [int(i) for i in state.get("stages", [])]
-        self._pending = []

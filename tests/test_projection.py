@@ -159,15 +159,13 @@ def test_resume_keeps_the_bases_and_a_fork_computes_the_missing_ones(synthetic_r
     assert not resumed.needs_rebuild(0)
     assert all(torch.equal(resumed.bases[k], v) for k, v in gpm.bases.items())
 
-    # forked from a run without gpm: no state; the finished stage is remembered and its bases are
-    # computed when the next stage starts, from the weights it starts from, as the end of stage 1 did
+    # forked from a run without gpm: no state; the finished stage's bases are made again from its
+    # checkpoint (the weights the model holds here) and its views, as the end of the stage made them
     forked = GradientProjection(threshold=0.99, positions=32)
     forked.restore({}, strategy, finished=[seg_exp])
     assert forked.needs_rebuild(0)
     forked.rebuild_stage(strategy, 0, seg_exp)
-    strategy.experience = cls_exp
-    forked.before_training_exp(strategy)
-    assert forked.stages == [0] and not forked._pending
+    assert forked.stages == [0] and not forked.needs_rebuild(0)
     assert set(forked.bases) == set(gpm.bases)
     for k, b in forked.bases.items():  # live views are drawn anew, so the bases agree in kind, not bit for bit
         assert b.shape[0] == gpm.bases[k].shape[0] and 0 < b.shape[1] <= b.shape[0]
@@ -182,8 +180,8 @@ def test_bad_options_are_refused():
 
 
 def test_a_fork_into_gpm_equals_a_gpm_run_from_scratch(synthetic_root, run_cli, tmp_path):
-    """On the frozen-feature cache (fixed views), the bases a fork computes when stage 2 starts
-    are those a gpm run computed at the end of stage 1: the two runs end bit-identical."""
+    """On the frozen-feature cache (fixed views), the bases a fork makes again from the stage-1
+    checkpoint are those a gpm run made at the end of stage 1: the two runs end bit-identical."""
     import json
 
     from avalanche_onehead.commands import fork
