@@ -235,3 +235,29 @@ def test_a_stage_plan_chooses_which_remedies_act(synthetic_root):
     assert lwf.last == 0.0  # no distillation in the cls stage
     assert torch.equal(model.head[-1].weight[seg_rows], before)  # gpm held the earlier read-outs
     assert set(ewc.importances) == {0, 1, 2}  # EWC still estimated its Fisher after every stage
+
+
+def test_an_idle_gpm_changes_nothing_in_its_stage(synthetic_root, run_cli, tmp_path, capsys):
+    """gpm in the strategy but left out of the det stage's plan: seg and det train bit for bit as
+    without it (its passes draw nothing from the stage's random stream), and its bases are made."""
+    import json
+    from pathlib import Path
+
+    default = json.loads((Path(__file__).resolve().parents[1] / "experiments/configs/default.json").read_text())
+    with_gpm = {**default, "strategy": default["strategy"] + "+gpm",
+                "plan": {**default["plan"], "det": {**default["plan"]["det"], "remedies": ["ewc", "lwf"]}}}
+    config = tmp_path / "with-gpm.json"
+    config.write_text(json.dumps(with_gpm))
+    tiny = ["--data-root", str(synthetic_root), "--max-images", "6", "--image-size", "64", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--tasks", "seg,det"]
+    plain, idle = tmp_path / "plain", tmp_path / "idle"
+    assert run_cli.main(tiny + ["--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert run_cli.main(tiny + ["--config", str(config), "--gpm-positions", "16", "--out", str(idle)]) == 0
+    console = capsys.readouterr().out
+    assert "stage 2/2: det" in console and "remedies acting: ewc+lwf)" in console
+    assert "gradient projection holds" in console  # its bases were made after seg
+    mp, mi = (json.loads((d / "metrics.json").read_text()) for d in (plain, idle))
+    assert mi["strategy"] == "ewc+lwf+gpm" and mi["matrix"] == mp["matrix"]
+    a, b = (torch.load(d / "model.pt", map_location="cpu", weights_only=False)["state_dict"] for d in (plain, idle))
+    assert all(torch.equal(a[k], b[k]) for k in a)
