@@ -244,14 +244,17 @@ def test_an_idle_gpm_changes_nothing_in_its_stage(synthetic_root, run_cli, tmp_p
     from pathlib import Path
 
     default = json.loads((Path(__file__).resolve().parents[1] / "experiments/configs/default.json").read_text())
-    with_gpm = {**default, "strategy": default["strategy"] + "+gpm",
-                "plan": {**default["plan"], "det": {**default["plan"]["det"], "remedies": ["ewc", "lwf"]}}}
-    config = tmp_path / "with-gpm.json"
+    plans = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in default["plan"].items()}
+    without_gpm = {**default, "strategy": "ewc+lwf", "plan": plans}
+    with_gpm = {**default, "strategy": "ewc+lwf+gpm",
+                "plan": {**plans, "det": {**plans["det"], "remedies": ["ewc", "lwf"]}}}
+    config, plain_config = tmp_path / "with-gpm.json", tmp_path / "without-gpm.json"
     config.write_text(json.dumps(with_gpm))
+    plain_config.write_text(json.dumps(without_gpm))
     tiny = ["--data-root", str(synthetic_root), "--max-images", "6", "--image-size", "64", "--epochs", "1",
             "--workers", "0", "--no-progress", "--device", "cpu", "--tasks", "seg,det"]
     plain, idle = tmp_path / "plain", tmp_path / "idle"
-    assert run_cli.main(tiny + ["--out", str(plain)]) == 0
+    assert run_cli.main(tiny + ["--config", str(plain_config), "--out", str(plain)]) == 0
     capsys.readouterr()
     assert run_cli.main(tiny + ["--config", str(config), "--gpm-positions", "16", "--out", str(idle)]) == 0
     console = capsys.readouterr().out
