@@ -372,6 +372,8 @@ def resume_progress(built: BuiltRun, state: dict[str, Any], log) -> tuple[dict[s
     log(f"resuming {built.folder} "
         + (f"in stage {done + 1} ({stages[done][0]}) after epoch {mid['epochs_done']}/{stages[done][2]}"
            if mid else f"after stage {done} ({', '.join(s[0] for s in stages[:done])})"))
+    for note in built.remedies.notes():
+        log(f"   {note}")
     return progress, mid
 
 
