@@ -224,7 +224,9 @@ class EpochCheckpoint(SupervisedPlugin):
         strategy.model.load_state_dict(s["model"])
         strategy.optimizer.load_state_dict(s["optimizer"])
         for name, part in self.parts.items():
-            if name in s["parts"]:  # a part of this stage only (its EMA) is in its own epoch states
+            # every part is in the state, but a stage without EMA has no "ema" (the run checks
+            # that the plan it resumes under agrees with the state: ``check_epoch_state``)
+            if name in s["parts"] or name != "ema":
                 part.load_state_dict(s["parts"][name], strategy)
         for k in ("train_iterations", "total_iterations"):
             setattr(strategy.clock, k, int(s["clock"][k]))

@@ -369,12 +369,27 @@ def resume_progress(built: BuiltRun, state: dict[str, Any], log) -> tuple[dict[s
     progress = restore_progress(state, built)
     mid = state.get("epoch")
     done, stages = progress["done"], built.stages
+    if mid is not None:
+        check_epoch_state(built, mid, stages[done][0])
     log(f"resuming {built.folder} "
         + (f"in stage {done + 1} ({stages[done][0]}) after epoch {mid['epochs_done']}/{stages[done][2]}"
            if mid else f"after stage {done} ({', '.join(s[0] for s in stages[:done])})"))
     for note in built.remedies.notes():
         log(f"   {note}")
     return progress, mid
+
+
+def check_epoch_state(built: BuiltRun, mid: dict[str, Any], task: str) -> None:
+    """An unfinished stage continues only under the plan its epoch state was saved with: a weight
+    EMA that appeared or went since would silently restart or drop the average mid-stage."""
+    from .errors import OneHeadError
+
+    plan = built.plans.get(task, StagePlan())
+    if ("ema" in mid.get("parts", {})) != bool(plan.ema_decay):
+        raise OneHeadError(built.folder.path, f"the {task} stage was stopped "
+                           f"{'with' if 'ema' in mid['parts'] else 'without'} a weight EMA and its plan now has "
+                           f"ema_decay {plan.ema_decay:g}; resume with the plan it was saved under "
+                           "(config.json's \"plan\"), or start the stage again with fork_run.py")
 
 
 def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, Any], log) -> None:

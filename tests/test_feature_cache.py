@@ -223,7 +223,20 @@ def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthet
             run.main([*args, "--out", str(stopped)])
     assert e.value.code == 130
     assert (stopped / "resume_epoch.pt").is_file() and (stopped / "resume.pt").is_file()
+    # the same folder with the EMA taken out of the unfinished stage's plan is refused, in one line
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(stopped, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["plan"]["det"]["ema_decay"] = 0.0
+    (edited / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run.main(["--resume", str(edited), "--no-progress"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weight EMA" in err[0] and "ema_decay 0" in err[0]
     assert run.main(["--resume", str(stopped), "--no-progress"]) == 0
     assert "in stage 2 (det) after epoch 1/2" in capsys.readouterr().out
     a = json.loads((full / "metrics.json").read_text())
