@@ -86,7 +86,11 @@ class StagePlan:
         return "its own output channels only" if self.own_output_only else ", ".join(self.train)
 
     def acting(self, strategy_names: list[str]) -> list[str]:
-        """The run's remedies (``strategy_names``) that act in this stage."""
+        """The run's remedies (``strategy_names``) that act in this stage.  None in a
+        ``task_output`` stage: nothing an earlier task reads can move there, so every penalty,
+        distillation and projection would only cost time (their end-of-stage records are kept)."""
+        if self.own_output_only:
+            return []
         return [n for n in strategy_names if self.remedies is None or n in self.remedies]
 
 

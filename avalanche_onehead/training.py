@@ -406,7 +406,7 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
            if warmup_epochs and not plan.own_output_only else "")
         + (f"; weight EMA {plan.ema_decay:g}" if plan.ema_decay else "")
         + (f"; remedies acting: {'+'.join(plan.acting(list(built.remedies.by_name))) or 'none'}"
-           if plan.remedies is not None else "") + ")")
+           if plan.remedies is not None or plan.own_output_only else "") + ")")
     t0 = time.perf_counter()
     built.current.update(stage=i, task=task, t0=t0, seconds=float(mid["seconds"]) if mid else 0.0)
     built.epoch_state.pending = mid

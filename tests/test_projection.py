@@ -212,6 +212,11 @@ def test_a_stage_plan_chooses_which_remedies_act(synthetic_root):
     assert (ewc.active, lwf.active, gpm.active) == (False, False, True)
     built.act_in_stage(["ewc", "lwf", "gpm"])
     assert ewc.active and lwf.active and gpm.active
+    from avalanche_onehead.stage_plans import StagePlan
+
+    assert StagePlan(remedies=["gpm"]).acting(["ewc", "lwf", "gpm"]) == ["gpm"]
+    assert StagePlan().acting(["ewc", "lwf"]) == ["ewc", "lwf"]
+    assert StagePlan(train=["task_output"]).acting(["ewc", "lwf"]) == []  # nothing earlier can move there
 
     torch.manual_seed(0)
     model = create_model(pretrained=False)
