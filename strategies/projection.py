@@ -31,7 +31,7 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from avalanche_onehead.tasks import task_of_label
+from .remedies import current_task
 
 
 def layer_inputs(conv: nn.Conv2d, x: Tensor, positions: int, generator: torch.Generator) -> Tensor:
@@ -153,6 +153,8 @@ class GradientProjection(SupervisedPlugin):
         self.bases: dict[str, Tensor] = {}
         self.stages: list[int] = []  # finished stages the bases hold
         self._before: dict[str, Tensor] = {}
+        self._layers: dict[str, nn.Conv2d] = {}  # the stage's protected convs (those with a basis)
+        self._output: nn.Conv2d | None = None
         self._own_rows: slice | None = None
         self.active = True  # False: a stage whose plan leaves projection out (its bases are still made)
 
@@ -196,19 +198,20 @@ class GradientProjection(SupervisedPlugin):
 
     # -- projection ------------------------------------------------------------------------------
     def before_training_exp(self, strategy, **kwargs):
-        task = task_of_label(int(strategy.experience.task_labels[0]))
-        self._own_rows = strategy.model.output_slices()[task]
+        # the bases only change between stages: the layers a step watches are found once per stage
+        model = strategy.model
+        self._layers = {name: m for name, m in protected_layers(model).items() if name in self.bases}
+        self._output = model.head[-1]
+        self._own_rows = model.output_slices()[current_task(strategy)]
 
-    def _watched(self, model) -> dict[str, nn.Conv2d]:
-        layers = {name: m for name, m in protected_layers(model).items() if name in self.bases}
-        layers[f"head.{len(model.head) - 1}"] = model.head[-1]
-        return layers
+    def _watched(self) -> dict[str, nn.Conv2d]:
+        return {**self._layers, "output": self._output}
 
     def before_update(self, strategy, **kwargs):
         if not self.stages or not self.active:
             return
         self._before = {}
-        for name, m in self._watched(strategy.model).items():
+        for name, m in self._watched().items():
             if m.weight.requires_grad:
                 self._before[name] = m.weight.detach().clone()
                 if m.bias is not None:
@@ -218,13 +221,11 @@ class GradientProjection(SupervisedPlugin):
     def after_update(self, strategy, **kwargs):
         if not self._before:
             return
-        model = strategy.model
-        out_name = f"head.{len(model.head) - 1}"
-        for name, m in self._watched(model).items():
+        for name, m in self._watched().items():
             if name not in self._before:
                 continue
             w0, b0 = self._before[name], self._before.get(name + ".bias")
-            if name == out_name:  # earlier tasks' read-outs stay; the current task's rows move freely
+            if m is self._output:  # earlier tasks' read-outs stay; the current task's rows move freely
                 keep = torch.ones(m.weight.shape[0], dtype=torch.bool)
                 keep[self._own_rows] = False
                 m.weight[keep] = w0[keep]
