@@ -17,6 +17,7 @@ import copy
 import itertools
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -28,7 +29,7 @@ from . import rules
 from .backbones import LITE0, create_backbone
 from .detection import DetectionConfig
 from .feature_cache import BackboneFeatures
-from .tasks import TASKS, decode_batch
+from .tasks import POOLS, TASKS, decode_batch, spatial_pool
 
 
 @dataclass
@@ -50,6 +51,10 @@ class ModelConfig:
     # 0.77: the ReLUs trained for the dense tasks drop what classification needs.
     neck_relu: bool = True
     head_residual: bool = False
+    # how an image-level output (classification's logits) pools its map: "mean", or "lse", the
+    # log-sum-exp smooth maximum with sharpness ``pool_sharpness`` (``tasks.spatial_pool``)
+    pool: str = "mean"
+    pool_sharpness: float = 1.0
     freeze_backbone_bn: bool = True
     num_classes: dict[str, int] = field(default_factory=lambda: {k: s.num_classes for k, s in TASKS.items()})
     detection: dict[str, Any] = field(default_factory=lambda: asdict(DetectionConfig()))
@@ -128,6 +133,9 @@ class OneHeadNet(nn.Module):
         self.mean, self.std, self.weights_source = bb.mean, bb.std, bb.pretrained
         # what each task's loss, decoding and evaluator take (e.g. detection's DetectionConfig)
         self.task_settings = self.cfg.task_settings(head_stride=bb.strides[0])
+        if self.cfg.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {self.cfg.pool!r}")
+        self.pool = partial(spatial_pool, kind=self.cfg.pool, sharpness=self.cfg.pool_sharpness)
         self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.norm, self.cfg.groups,
                             self.cfg.neck_relu)
         # channel groups in task-label order, independent of the training order
@@ -200,7 +208,7 @@ class OneHeadNet(nn.Module):
         out = OneHeadOutput()
         for t, part in zip(self.task_order, torch.split(y, self.splits, dim=1)):
             reduce = TASKS[t].reduce
-            out[t] = reduce(part) if reduce else part
+            out[t] = reduce(part, self.pool) if reduce else part
         out.features = neck
         return out
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from . import rules as challenge_rules  # "rules" below are this module's setting rules
 from .errors import OneHeadError
-from .tasks import TASKS
+from .tasks import POOLS, TASKS
 
 Rule = Callable[[Any], Any]  # returns the (normalised) value or raises ValueError(problem)
 
@@ -245,6 +245,7 @@ def _model_rules() -> Rule:
     rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(*challenge_rules.HEAD_LAYERS),
              "norm": text(("none", "gn", "bn")), "groups": whole(1), "init": text(("dirac", "default")),
              "freeze_backbone_bn": boolean, "neck_relu": boolean, "head_residual": boolean,
+             "pool": text(POOLS), "pool_sharpness": number(0, above=True),
              "num_classes": task_map(whole(1))}
     return settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
                        refuse={k: "is a run setting: give it at the top level (or as a flag), not under 'model'"

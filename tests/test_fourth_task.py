@@ -43,8 +43,8 @@ def stack_values(targets: list[BrightTarget]) -> Tensor:
     return torch.tensor([[t.value] for t in targets])
 
 
-def pool(raw: Tensor) -> Tensor:
-    return raw.mean(dim=(2, 3))
+def pool(raw: Tensor, model_pool) -> Tensor:
+    return raw.mean(dim=(2, 3))  # a brightness is an average whatever the model's pooling
 
 
 def brightness_loss(raw: Tensor, values: Tensor) -> dict[str, Tensor]:

@@ -110,6 +110,7 @@ BAD_CONFIGS = [
     ({"strategy": "gpm", "model": {"norm": "gn"}}, "'strategy'"),
     ({"strategy": "ewc+lwf", "plan": {"cls": {"remedies": ["gpm"]}}}, "'plan'"),
     ({"plan": {"cls": {"remedies": "gpm"}}}, "'plan.cls.remedies'"),
+    ({"model": {"pool": "max"}}, "'model.pool'"), ({"model": {"pool_sharpness": 0}}, "'model.pool_sharpness'"),
 ]
 
 

@@ -334,3 +334,43 @@ def test_linear_path_round_trips_through_a_checkpoint(tmp_path):
 def test_head_residual_needs_equal_widths():
     with pytest.raises(ValueError, match="head_residual needs head_channels == neck_channels"):
         create_model(pretrained=False, head_residual=True, head_channels=64)
+
+
+def test_spatial_pool_lse_lies_between_the_mean_and_the_maximum():
+    from avalanche_onehead.tasks import spatial_pool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 7)
+    mean, top = x.mean((2, 3)), x.amax((2, 3))
+    by_hand = torch.log(torch.exp(2.0 * x).mean((2, 3))) / 2.0
+    torch.testing.assert_close(spatial_pool(x, "lse", 2.0), by_hand)
+    assert (spatial_pool(x, "lse", 1.0) > mean).all() and (spatial_pool(x, "lse", 1.0) < top).all()
+    torch.testing.assert_close(spatial_pool(x.double(), "lse", 1e-4), mean.double(), rtol=0, atol=1e-3)
+    torch.testing.assert_close(spatial_pool(x, "lse", 1e3), top, rtol=0, atol=0.01)
+    torch.testing.assert_close(spatial_pool(torch.full((1, 2, 4, 4), 3.0), "lse", 5.0), torch.full((1, 2), 3.0))
+    assert torch.equal(spatial_pool(x, "mean"), mean)
+    with pytest.raises(ValueError, match="pool must be one of mean, lse"):
+        spatial_pool(x, "max")
+
+
+def test_lse_pool_makes_the_classification_logits_and_survives_a_checkpoint(tmp_path):
+    from avalanche_onehead.checkpoint import load_checkpoint, save_checkpoint
+    from avalanche_onehead.tasks import spatial_pool
+
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, pool="lse", pool_sharpness=3.0).eval()
+    raw = {}
+    model.head[-1].register_forward_hook(lambda m, i, o: raw.__setitem__("map", o))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    out = model(x)
+    cls_map = raw["map"][:, model.output_slices()["cls"]]
+    torch.testing.assert_close(out["cls"], spatial_pool(cls_map, "lse", 3.0))
+    assert not torch.allclose(out["cls"], cls_map.mean((2, 3)))
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, classes={}, image_size=SIZE)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.cfg.pool == "lse" and loaded.cfg.pool_sharpness == 3.0
+    torch.testing.assert_close(loaded(x)["cls"], out["cls"])
+    torch.testing.assert_close(model.for_inference()(x)["cls"], out["cls"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="pool must be one of mean, lse"):
+        create_model(pretrained=False, pool="max")

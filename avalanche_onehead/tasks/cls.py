@@ -1,5 +1,5 @@
-"""Image classification: one class index per image, logits as the spatial mean of the
-classification channels, cross-entropy, Top-1, temperature distillation, and its part of the
+"""Image classification: one class index per image, logits as the model's spatial pooling
+(``ModelConfig.pool``: the mean by default) of the classification channels, cross-entropy, Top-1, temperature distillation, and its part of the
 predict command's output (the class probabilities by name, the top 3 in the picture's title)."""
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ def stack_labels(targets: list[ClsTarget]) -> Tensor:
     return torch.tensor([t.label for t in targets], dtype=torch.long)
 
 
-def pool_logits(raw: Tensor) -> Tensor:
-    """Classification logits are the spatial mean of the classification channels."""
-    return raw.mean(dim=(2, 3))
+def pool_logits(raw: Tensor, pool) -> Tensor:
+    """Classification logits are the model's spatial pooling of the classification channels."""
+    return pool(raw)
 
 
 def classification_loss(raw: Tensor, labels: Tensor) -> dict[str, Tensor]:

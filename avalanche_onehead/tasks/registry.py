@@ -9,6 +9,7 @@ instead of branching on task names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -91,7 +92,8 @@ class TaskSpec:
     make_evaluator: Callable[..., Any]  # (num_classes) -> object with update(raw, target), compute(), reset()
     reader: str  # "module:Class" of its dataset reader; the benchmarks package resolves it
     extra_channels: int = 0  # output channels beyond one per class
-    reduce: Callable[[Tensor], Tensor] | None = None  # map -> output (e.g. pooling)
+    # (its map, the model's spatial pooling :func:`spatial_pool`) -> an image-level output
+    reduce: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor] | None = None
     subsample: Callable[[Any, int], Any] | None = None  # collated dense target -> every k-th pixel
     settings: Callable[[Any, int | None], dict[str, Any]] | None = None
     distill: Callable[[Tensor, Tensor, Any], Tensor] | None = None  # (student, teacher, LwF options)
@@ -105,6 +107,24 @@ class TaskSpec:
 
     def out_channels(self, num_classes: int | None = None) -> int:
         return (num_classes or self.num_classes) + self.extra_channels
+
+
+#: how the model pools a map into one image-level vector (``ModelConfig.pool``)
+POOLS = ("mean", "lse")
+
+
+def spatial_pool(x: Tensor, kind: str = "mean", sharpness: float = 1.0) -> Tensor:
+    """(B, C, h, w) -> (B, C).  ``"mean"``: the spatial average.  ``"lse"``: the log-sum-exp
+    smooth maximum ``log(mean_p exp(r x_p)) / r`` with sharpness ``r``, between the average
+    (r -> 0) and the maximum (r -> inf): a class scores where it is seen instead of being
+    averaged with the background, so a per-place linear read-out is not limited to what the
+    pooled features hold."""
+    if kind == "mean":
+        return x.mean(dim=(2, 3))
+    if kind == "lse":
+        flat = x.flatten(2) * sharpness
+        return (torch.logsumexp(flat, dim=-1) - math.log(flat.shape[-1])) / sharpness
+    raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {kind!r}")
 
 
 #: every registered task, in label order
