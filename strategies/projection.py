@@ -157,6 +157,7 @@ class GradientProjection(SupervisedPlugin):
         self._output: nn.Conv2d | None = None
         self._own_rows: slice | None = None
         self.active = True  # False: a stage whose plan leaves projection out (its bases are still made)
+        self._remade: str | None = None  # why a restore dropped stored bases (the next note says it)
 
     # -- memory ----------------------------------------------------------------------------------
     def memorise(self, strategy, index: int, dataset) -> None:
@@ -177,8 +178,10 @@ class GradientProjection(SupervisedPlugin):
         """The run log's line on how much of each layer the earlier tasks hold."""
         if not self.bases:
             return None
+        remade, self._remade = self._remade, None
         held = ", ".join(f"{name} {r}/{d}" for name, (r, d) in self.ranks().items())
-        return f"gradient projection holds (input directions per layer, of all): {held}"
+        return f"gradient projection holds (input directions per layer, of all): {held}" + (
+            f" ({remade})" if remade else "")
 
     def after_training_exp(self, strategy, **kwargs):
         exp = strategy.experience
@@ -241,9 +244,24 @@ class GradientProjection(SupervisedPlugin):
         self._before = {}
 
     # -- resume ----------------------------------------------------------------------------------
+    def made_with(self) -> dict[str, Any]:
+        """The options the bases depend on (stored beside them)."""
+        return {"threshold": self.threshold, "positions": self.positions, "views": self.views}
+
     def resume_state(self) -> dict[str, Any]:
-        return {"bases": {k: v.clone() for k, v in self.bases.items()}, "stages": list(self.stages)}
+        return {"bases": {k: v.clone() for k, v in self.bases.items()}, "stages": list(self.stages),
+                "made_with": self.made_with()}
 
     def restore(self, state: dict[str, Any], strategy, finished) -> None:
+        """Stored bases made with other options (a resume or fork that changed the threshold,
+        or bases from before the options were stored) are not used: the run makes them again
+        from the finished stages' checkpoints, as under the new options the stages' ends would."""
+        stored = state.get("made_with")
+        if state.get("bases") and stored != self.made_with():
+            made = ("with " + ", ".join(f"{k} {v:g}" for k, v in stored.items())) if stored else "with unrecorded options"
+            ours = ", ".join(f"{k} {v:g}" for k, v in self.made_with().items())
+            self._remade = (f"made again from the finished stages' checkpoints: the stored ones were made {made}, "
+                            f"this run asks for {ours}")
+            state = {}
         self.bases = {k: v.clone() for k, v in state.get("bases", {}).items()}
         self.stages = [int(i) for i in state.get("stages", [])]

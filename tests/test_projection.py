@@ -172,6 +172,37 @@ def test_resume_keeps_the_bases_and_a_fork_computes_the_missing_ones(synthetic_r
         assert torch.allclose(b.T @ b, torch.eye(b.shape[1]), atol=1e-4)
 
 
+def test_bases_made_with_other_options_are_made_again(synthetic_root):
+    """A resume or fork that changes the threshold does not go on with the old bases: it makes
+    them again from the finished stage (and says so in the log's note); the same options keep them."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    stream = build_stream(synthetic_root, ["seg", "cls"], 64, model.mean, model.std, max_images=4)
+    gpm = GradientProjection(threshold=0.99, positions=32)
+    strategy = _strategy(model, [gpm])
+    seg_exp = stream.benchmark.train_stream[0]
+    strategy.train(seg_exp, drop_last=True, num_workers=0)
+    state = gpm.resume_state()
+    assert state["made_with"] == {"threshold": 0.99, "positions": 32, "views": 480}
+
+    lower = GradientProjection(threshold=0.5, positions=32)
+    lower.restore(state, strategy, finished=[seg_exp])
+    assert lower.needs_rebuild(0) and not lower.bases
+    lower.rebuild_stage(strategy, 0, seg_exp)
+    assert all(lower.bases[k].shape[1] < b.shape[1] for k, b in gpm.bases.items())
+    note = lower.note()
+    assert "made again" in note and "threshold 0.99" in note and "threshold 0.5" in note
+    assert "made again" not in lower.note()  # said once
+
+    older = GradientProjection(threshold=0.99, positions=32)  # a state from before the options were stored
+    older.restore({k: v for k, v in state.items() if k != "made_with"}, strategy, finished=[seg_exp])
+    assert older.needs_rebuild(0) and "unrecorded options" in (older.rebuild_stage(strategy, 0, seg_exp) or older.note())
+
+    same = GradientProjection(threshold=0.99, positions=32)
+    same.restore(state, strategy, finished=[seg_exp])
+    assert not same.needs_rebuild(0) and "made again" not in same.note()
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="threshold"):
         GradientProjection(threshold=0.0)
