@@ -8,7 +8,8 @@ average of
 * the backbone's stride-32 features (what ImageNet pre-training offers),
 * the neck's output (the input of the one head),
 * the head's last hidden layer (the input of the output layer: an image-level task's output,
-  e.g. the classification logits, is a linear map of its global average),
+  e.g. the classification logits, is a linear map of its global average under the default
+  mean pooling; under ``"pool": "lse"`` it is not, and the probe is a yardstick, not a bound),
 
 next to the model's own Top-1 on that task.  Any task whose output is an image-level vector
 (``TaskSpec.reduce`` pools its map) and whose targets are class indices can be probed; a dense
