@@ -247,6 +247,7 @@ def test_a_stage_plan_chooses_which_remedies_act(synthetic_root):
 
     assert StagePlan(remedies=["gpm"]).acting(["ewc", "lwf", "gpm"]) == ["gpm"]
     assert StagePlan().acting(["ewc", "lwf"]) == ["ewc", "lwf"]
+    assert StagePlan(remedies=[]).acting(["ewc", "lwf", "gpm"]) == []  # an empty list: none acts
     assert StagePlan(train=["task_output"]).acting(["ewc", "lwf"]) == []  # nothing earlier can move there
 
     torch.manual_seed(0)
