@@ -29,7 +29,7 @@ from . import rules
 from .backbones import LITE0, create_backbone
 from .detection import DetectionConfig
 from .feature_cache import BackboneFeatures
-from .tasks import POOLS, TASKS, decode_batch, spatial_pool
+from .tasks import TASKS, check_pool, decode_batch, spatial_pool
 
 
 @dataclass
@@ -133,8 +133,7 @@ class OneHeadNet(nn.Module):
         self.mean, self.std, self.weights_source = bb.mean, bb.std, bb.pretrained
         # what each task's loss, decoding and evaluator take (e.g. detection's DetectionConfig)
         self.task_settings = self.cfg.task_settings(head_stride=bb.strides[0])
-        if self.cfg.pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {self.cfg.pool!r}")
+        check_pool(self.cfg.pool)  # at construction, not at the first forward pass
         self.pool = partial(spatial_pool, kind=self.cfg.pool, sharpness=self.cfg.pool_sharpness)
         self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.norm, self.cfg.groups,
                             self.cfg.neck_relu)

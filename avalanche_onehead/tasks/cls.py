@@ -1,10 +1,11 @@
 """Image classification: one class index per image, logits as the model's spatial pooling
-(``ModelConfig.pool``: the mean by default) of the classification channels, cross-entropy, Top-1, temperature distillation, and its part of the
-predict command's output (the class probabilities by name, the top 3 in the picture's title)."""
+(``ModelConfig.pool``: the mean by default) of the classification channels, cross-entropy,
+Top-1, temperature distillation, and its part of the predict command's output (the class
+probabilities by name, the top 3 in the picture's title)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ def stack_labels(targets: list[ClsTarget]) -> Tensor:
     return torch.tensor([t.label for t in targets], dtype=torch.long)
 
 
-def pool_logits(raw: Tensor, pool) -> Tensor:
+def pool_logits(raw: Tensor, pool: Callable[[Tensor], Tensor]) -> Tensor:
     """Classification logits are the model's spatial pooling of the classification channels."""
     return pool(raw)
 

@@ -113,18 +113,23 @@ class TaskSpec:
 POOLS = ("mean", "lse")
 
 
+def check_pool(kind: str) -> None:
+    """A pooling name outside :data:`POOLS` is a ValueError."""
+    if kind not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {kind!r}")
+
+
 def spatial_pool(x: Tensor, kind: str = "mean", sharpness: float = 1.0) -> Tensor:
     """(B, C, h, w) -> (B, C).  ``"mean"``: the spatial average.  ``"lse"``: the log-sum-exp
     smooth maximum ``log(mean_p exp(r x_p)) / r`` with sharpness ``r``, between the average
     (r -> 0) and the maximum (r -> inf): a class scores where it is seen instead of being
     averaged with the background, so a per-place linear read-out is not limited to what the
     pooled features hold."""
+    check_pool(kind)
     if kind == "mean":
         return x.mean(dim=(2, 3))
-    if kind == "lse":
-        flat = x.flatten(2) * sharpness
-        return (torch.logsumexp(flat, dim=-1) - math.log(flat.shape[-1])) / sharpness
-    raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {kind!r}")
+    flat = x.flatten(2) * sharpness
+    return (torch.logsumexp(flat, dim=-1) - math.log(flat.shape[-1])) / sharpness
 
 
 #: every registered task, in label order
