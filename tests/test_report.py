@@ -19,6 +19,8 @@ TINY = ["--image-size", "64", "--epochs", "1", "--max-images", "6", "--batch-siz
 
 REMEDY_FOLDERS = ("naive", "ewc-l1e5", "lwf", "replay", "ewc+replay", "ewc+replay-l1e5", "lwf+replay", "lwf+ewc-l1e5")
 OTHER_FOLDERS = ("cls5-s0",)
+# what a stand-in copy of a run folder leaves out: the report reads metrics and resume.pt, no weights
+CHECKPOINTS = shutil.ignore_patterns("model.pt", "stage*.pt", "resume_*.pt")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,8 +41,8 @@ def report_runs(tmp_path_factory, synthetic_root, run_cli):
     # the shipped template names the remedy runs by folder: stand-ins copied from the seed-0 run
     remedies = [base / "remedies" / n for n in REMEDY_FOLDERS]
     others = [base / "others" / n for n in OTHER_FOLDERS]
-    for r in remedies + others:
-        shutil.copytree(folders["s0"], r)
+    for r in remedies + others:  
+        shutil.copytree(folders["s0"], r, ignore=CHECKPOINTS)
     manifest = {"default": [str(folders["s0"]), str(folders["s1"])], "remedies": [str(r) for r in remedies],
                 "others": [str(r) for r in others], "earlier_default": [str(folders["s1"])],
                 "single": {t: str(folders["s0"]) for t in ("seg", "det", "cls")}, "joint": str(folders["joint"]),
@@ -115,7 +117,7 @@ def test_a_manifest_without_runs_is_one_error_line(tmp_path, capsys):
 def test_single_task_runs_are_matched_by_epochs_and_an_earlier_schedule_is_tabled(report_runs, tmp_path):
     report = commands.report
     longer = tmp_path / "single-cls-longer"  # a stand-in single-task run trained for 3 cls epochs
-    shutil.copytree(report_runs.s1, longer)
+    shutil.copytree(report_runs.s1, longer, ignore=CHECKPOINTS)
     m = _metrics(longer)
     m["epochs"] = {**m["epochs"], "cls": 3}
     m["baseline"]["cls"] = 0.123
