@@ -480,14 +480,17 @@ def save_stage(built: BuiltRun, i: int, progress: dict[str, Any]) -> None:
 def restore_progress(state: dict[str, Any], built: BuiltRun) -> dict[str, Any]:
     """Weights of the last finished stage, remedy state, Avalanche's experience counter.
 
-    Remedy state a resume file does not store (EWC's Fisher information) is computed again
-    at the end of each finished stage, from that stage's checkpoint and its plan."""
+    Remedy state a resume file does not store (EWC's Fisher information, gpm's bases made with
+    other options) is computed again at the end of each finished stage, from that stage's
+    checkpoint and its plan, unless no stage still to train reads it."""
     progress = {"last_epoch_loss": {}, **state["progress"]}  # folders of before kept no epoch losses
     done = int(progress["done"])
     names = [s[0] for s in built.stages]
     model, strategy, folder, train_exps = built.model, built.strategy, built.folder, built.train_exps
     built.remedies.restore(state["remedies"], strategy, train_exps[:done])
-    rebuild = built.remedies.rebuilders()
+    remedies = list(built.remedies.by_name)
+    later = {n for task, _, _ in built.stages[done:] for n in built.plans.get(task, StagePlan()).acting(remedies)}
+    rebuild = built.remedies.rebuilders(later, len(built.stages) - done)
     optimizer = strategy.optimizer
     try:
         for t in range(done):

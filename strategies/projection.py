@@ -193,6 +193,13 @@ class GradientProjection(SupervisedPlugin):
     def needs_rebuild(self, index: int) -> bool:
         return index not in self.stages
 
+    def read_later(self, acts_later: bool, stages_left: int) -> bool:
+        """Whether the ``stages_left`` stages still to train read the finished stages' bases: when
+        projection acts in one of them, or when one that is not the last extends the bases
+        (each stage adds what the bases before it miss).  A fork whose last stage trains
+        without projection skips making them."""
+        return acts_later or stages_left > 1
+
     def rebuild_stage(self, strategy, index: int, experience, **kwargs) -> None:
         """The bases the end of finished stage ``index`` made: the model holds that stage's
         checkpoint (the run's resume loads it), stages are rebuilt in order."""

@@ -9,7 +9,7 @@ here (the teacher that LwF and KD share under :data:`TEACHER`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from avalanche_onehead import rules
 from avalanche_onehead.settings import from_known_fields, setting
@@ -189,9 +189,12 @@ class Remedies:
         """One line from each remedy that has something to say about its state (after a stage)."""
         return [n for n in (p.note() for p in self.plugins if hasattr(p, "note")) if n]
 
-    def rebuilders(self) -> list[Any]:
-        """The remedies that recompute per-stage state from a finished stage's checkpoint (EWC)."""
-        return [p for p in self.plugins if hasattr(p, "rebuild_stage")]
+    def rebuilders(self, acting_later: Collection[str], stages_left: int) -> list[Any]:
+        """The remedies that recompute per-stage state from a finished stage's checkpoint (EWC,
+        gpm) and whose state the ``stages_left`` stages still to train read (``acting_later``:
+        the remedies acting in one of them)."""
+        return [p for name, plugins in self.by_name.items() for p in plugins
+                if hasattr(p, "rebuild_stage") and p.read_later(name in acting_later, stages_left)]
 
 
 def build_remedies(spec: str, options: RemedyOptions | None = None) -> Remedies:

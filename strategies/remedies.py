@@ -77,6 +77,11 @@ class OneHeadEWC(EWCPlugin):
     def needs_rebuild(self, index: int) -> bool:
         return index in self._rebuild
 
+    def read_later(self, acts_later: bool, stages_left: int) -> bool:
+        """Always: the end of every stage, the last one's too, builds on the finished stages'
+        estimates (Avalanche's online mode sums them; both modes drop the previous weights)."""
+        return True
+
     def rebuild_stage(self, strategy, index: int, experience, **kwargs) -> None:
         """What :meth:`after_training_exp` computed at the end of finished stage ``index``,
         again: the model must hold that stage's final weights (its checkpoint) and plan."""

@@ -301,3 +301,44 @@ def test_an_idle_gpm_changes_nothing_in_its_stage(synthetic_root, run_cli, tmp_p
     assert mi["strategy"] == "ewc+lwf+gpm" and mi["matrix"] == mp["matrix"]
     a, b = (torch.load(d / "model.pt", map_location="cpu", weights_only=False)["state_dict"] for d in (plain, idle))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bases_no_later_stage_reads_are_not_made_again(synthetic_root, run_cli, tmp_path, capsys):
+    """A resume whose stored bases cannot be used (a folder from before their options were stored)
+    makes them again only when a stage still to train reads them: not when the last stage's plan
+    leaves gpm out (and the run ends as its source did), yes when it projects."""
+    import json
+    from pathlib import Path
+
+    from avalanche_onehead.commands import fork
+
+    default = json.loads((Path(__file__).resolve().parents[1] / "experiments/configs/default.json").read_text())
+    plans = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in default["plan"].items()}
+    recipe = {**default, "strategy": "ewc+lwf+gpm", "plan": {**plans, "cls": {**plans["cls"], "remedies": ["lwf"]}}}
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps(recipe))
+    tiny = ["--data-root", str(synthetic_root), "--max-images", "6", "--image-size", "64", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--gpm-positions", "16"]
+    source = tmp_path / "source"
+    assert run_cli.main(tiny + ["--config", str(config), "--out", str(source)]) == 0
+
+    def older_fork(name: str, cls_remedies: list[str]) -> str:
+        folder = tmp_path / name
+        assert fork.main([str(source), str(folder), "--after-stage", "2", "--no-train", "--no-progress"]) == 0
+        state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=True)
+        del state["remedies"]["gpm"]["made_with"]
+        torch.save(state, folder / "resume.pt")
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["plan"]["cls"]["remedies"] = cls_remedies
+        (folder / "config.json").write_text(json.dumps(cfg))
+        capsys.readouterr()
+        assert run_cli.main(["--resume", str(folder), "--no-progress"]) == 0
+        return capsys.readouterr().out
+
+    console = older_fork("idle", ["lwf"])
+    assert "remedies acting: lwf)" in console
+    assert "made again" not in console and "gradient projection holds" not in console
+    ms, mf = (json.loads((d / "metrics.json").read_text()) for d in (source, tmp_path / "idle"))
+    assert mf["matrix"] == ms["matrix"]
+    console = older_fork("projecting", ["lwf", "gpm"])
+    assert "remedies acting: lwf+gpm)" in console and "made again" in console
