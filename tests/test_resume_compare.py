@@ -456,8 +456,15 @@ def test_fork_after_stage_two_with_a_longer_last_stage_equals_a_run_from_scratch
 
 def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
     fork_cli = commands.fork
-    cases = [(["--after-stage", "2", "--strategy", "replay"], "must keep them"),
+    cases = [(["--after-stage", "2", "--strategy", "replay"], "must keep those remedies"),
              (["--after-stage", "2", "--epochs", "det=3"], "already trained"),
+             (["--after-stage", "2", "--plan", "det.views=3"], "already trained"),
+             (["--after-stage", "2", "--plan", "cls.view=3"], "unknown stage plan setting(s) view"),
+             (["--after-stage", "2", "--plan", "cls.views=0"], "'views' must be at least 1"),
+             (["--after-stage", "2", "--plan", "cls.remedies=\"lwf\""], "must be a list"),
+             (["--after-stage", "2", "--plan", "cls.views=six"], "not a JSON value"),
+             (["--after-stage", "2", "--plan", "cls=3"], "TASK.SETTING=VALUE"),
+             (["--after-stage", "2", "--plan", "depth.views=2"], "not a stage"),
              (["--after-stage", "3"], "--after-stage must be 1..2"),
              (["--epochs", "cls=two"], "task=N"),
              (["--epochs", "depth=2"], "not a stage")]
@@ -495,5 +502,60 @@ def test_a_fork_after_stage_two_refuses_another_weight_for_a_task_distilled_befo
         fork_cli.main([str(runs.a), str(tmp_path / "x"), "--after-stage", "2", "--lwf-task-weights", "seg=3",
                        "--no-progress"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and "must keep them" in err[0], err
+    assert len(err) == 1 and "must keep those remedies" in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_fork_after_stage_two_with_another_last_stage_plan_equals_a_run_from_scratch(runs, run_cli, tmp_path,
+                                                                                       synthetic_root):
+    """``--plan`` edits a later stage's plan: here only LwF acts in the cls stage."""
+    fork_cli = commands.fork
+    recipe = json.loads((REPO / "experiments" / "configs" / "finetune-ewc-lwf.json").read_text())
+    recipe.setdefault("plan", {})["cls"] = {**recipe.get("plan", {}).get("cls", {}), "remedies": ["lwf"]}
+    config = tmp_path / "cls-lwf.json"
+    config.write_text(json.dumps(recipe))
+    scratch, forked = tmp_path / "scratch", tmp_path / "forked"
+    args = [a if a != RUN_ARGS[1] else str(config) for a in RUN_ARGS]
+    assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
+    assert fork_cli.main([str(runs.a), str(forked), "--after-stage", "2", "--plan", "cls.remedies=lwf",
+                          "--no-progress"]) == 0
+    assert json.loads((forked / "config.json").read_text())["plan"]["cls"]["remedies"] == ["lwf"]
+    ms, mf = _metrics(scratch), _metrics(forked)
+    for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
+        assert rf == pytest.approx(rs, abs=1e-6)
+    ss, sf = _state(scratch / "model.pt"), _state(forked / "model.pt")
+    assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
+
+
+def test_a_fork_after_stage_two_may_add_a_remedy_that_acts_only_later(tmp_path, synthetic_root, run_cli, capsys):
+    """A source whose det stage ran EWC + LwF only: gradient projection, acting in the cls stage
+    alone, can join after stage 2 (its bases are made from the checkpoints) and the fork equals
+    that recipe run from scratch; the options of a remedy that acted in the det stage cannot change."""
+    fork_cli = commands.fork
+    default = json.loads((REPO / "experiments" / "configs" / "default.json").read_text())
+    plans = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in default["plan"].items()}
+    source_recipe = {**default, "strategy": "ewc+lwf", "plan": {**plans, "det": {**plans["det"], "remedies": ["ewc", "lwf"]}}}
+    target_recipe = {**source_recipe, "strategy": "ewc+lwf+gpm",
+                     "plan": {**source_recipe["plan"], "cls": {**plans["cls"], "remedies": ["gpm"]}}}
+    tiny = ["--data-root", str(synthetic_root), "--max-images", "6", "--image-size", "64", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--no-pretrained"]
+    configs = {}
+    for name, recipe in (("source", source_recipe), ("target", target_recipe)):
+        configs[name] = tmp_path / f"{name}.json"
+        configs[name].write_text(json.dumps(recipe))
+    source, scratch, forked = tmp_path / "source", tmp_path / "scratch", tmp_path / "forked"
+    assert run_cli.main(tiny + ["--config", str(configs["source"]), "--out", str(source)]) == 0
+    assert run_cli.main(tiny + ["--config", str(configs["target"]), "--gpm-positions", "16", "--out", str(scratch)]) == 0
+    assert fork_cli.main([str(source), str(forked), "--after-stage", "2", "--strategy", "ewc+lwf+gpm",
+                          "--gpm-positions", "16", "--plan", "cls.remedies=gpm", "--no-progress"]) == 0
+    ms, mf = _metrics(scratch), _metrics(forked)
+    assert mf["strategy"] == "ewc+lwf+gpm" and mf["matrix"] == ms["matrix"]
+    ss, sf = _state(scratch / "model.pt"), _state(forked / "model.pt")
+    assert all(torch.equal(ss[k], sf[k]) for k in ss)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # EWC acted in the det stage: its weight is part of what was trained
+        fork_cli.main([str(source), str(tmp_path / "x"), "--after-stage", "2", "--strategy", "ewc+lwf+gpm",
+                       "--ewc-lambda", "5", "--no-progress"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(err) == 1 and "det: ewc+lwf" in err[0] and "must keep" in err[0], err
     assert not (tmp_path / "x").exists()

@@ -3,16 +3,21 @@
     python experiments/fork_run.py runs/ewc+replay runs/replay --strategy replay
     python experiments/fork_run.py runs/ewc+replay runs/ewc-1e5 --strategy ewc --ewc-lambda 1e5
     python experiments/fork_run.py runs/lwf runs/lwf-cls5 --after-stage 2 --epochs cls=5
+    python experiments/fork_run.py runs/lp runs/lp-gpm --after-stage 2 --strategy ewc+lwf+gpm --plan cls.remedies=gpm
 
 No remedy acts during the first experience (there is nothing to forget yet: no
 EWC penalty, no replay memory, no teacher), so stage 1 is the same computation
 for every strategy with the same settings and seed.  This copies SOURCE's
 checkpoints and state up to a stage into a new run folder, with another
-``--strategy`` (after stage 1 only) or other epochs for the stages still to
-come, and continues it exactly as ``run.py --resume`` would: every stage starts
-from its own seed, so the result equals a run of those settings from scratch
-(the test suite checks both kinds of fork).  The times of the copied stages in
-the new metrics.json are the source's.
+``--strategy``, other remedy options, other epochs or other stage plans
+(``--plan``) for the stages still to come, and continues it exactly as
+``run.py --resume`` would: every stage starts from its own seed, so the result
+equals a run of those settings from scratch (the test suite checks each kind of
+fork).  After stage K > 1 the remedies that acted in stages 2..K (their stage
+plans' ``remedies``) and their options must stay; a remedy that acted in none of
+them may come, go or change its options, since its end-of-stage records (EWC's
+Fisher, gpm's bases) are made again from the checkpoints.  The times of the
+copied stages in the new metrics.json are the source's.
 
 The source must be a run folder that finished the stage (it keeps the stage
 checkpoints and ``resume_stage<K>.pt``, a few kilobytes: EWC's Fisher information is
@@ -33,16 +38,58 @@ from avalanche_onehead.errors import OneHeadError
 from avalanche_onehead.run_folder import RunFolder
 
 
-def changes_kept_stages(old: dict, new: dict, order: list[str], after_stage: int) -> bool:
+def acting_in(cfg: dict, strategy: str, tasks: list[str]) -> list[set[str]]:
+    """For each of ``tasks``, the remedies of ``strategy`` that act in its stage under ``cfg``'s plan."""
+    from avalanche_onehead.stage_plans import StagePlan
+    from strategies import parse_strategy
+
+    names = parse_strategy(strategy)
+    return [set(StagePlan.from_dict(cfg.get("plan", {}).get(t, {})).acting(names)) for t in tasks]
+
+
+def changes_kept_stages(old: dict, new: dict, order: list[str], after_stage: int,
+                        acting: set[str] | None = None) -> bool:
     """Whether remedy options ``new`` would have trained the first ``after_stage`` stages
-    differently from ``old``.  Only the LwF weight of a task distilled first in a later stage
-    (stage k distils the tasks of the stages before it) leaves them as they were."""
+    differently from ``old``.  An option of a remedy that acts in none of stages 2..K
+    (``acting``: those that do; None: every remedy) changes nothing there: its end-of-stage
+    records are made again from the checkpoints.  Of an acting LwF, only the weight of a task
+    distilled first in a later stage (stage k distils the tasks of the stages before it) leaves
+    them as they were."""
+    from strategies import REMEDIES
+
+    owner = {o: r.name for r in REMEDIES.values() for o in r.options}
+
+    def matters(option: str) -> bool:
+        return acting is None or owner.get(option) in acting or option not in owner
+
     distilled = set(order[:after_stage - 1])
-    rest = [k for k in {**old, **new} if k != "lwf_task_weights"]
+    rest = [k for k in {**old, **new} if k != "lwf_task_weights" and matters(k)]
     if any(old.get(k) != new.get(k) for k in rest):
         return True
+    if not matters("lwf_task_weights"):
+        return False
     w_old, w_new = old.get("lwf_task_weights", {}), new.get("lwf_task_weights", {})
     return any(w_old.get(t, 1.0) != w_new.get(t, 1.0) for t in distilled)
+
+
+def edited_plans(cfg: dict, plan: dict[str, dict] | None, order: list[str], after_stage: int) -> dict:
+    """``cfg``'s plan with ``plan``'s settings merged into the stages after K (checked: a kept
+    stage's plan cannot change, and each edited plan must be a valid one)."""
+    from avalanche_onehead.stage_plans import StagePlan
+
+    plans = {t: dict(p) for t, p in cfg.get("plan", {}).items()}
+    for task, settings in (plan or {}).items():
+        if task not in order:
+            raise ValueError(f"--plan names {task!r}, not a stage of this run ({', '.join(order)})")
+        if task in order[:after_stage]:
+            raise ValueError(f"--plan: {task} is already trained in the first {after_stage} stage(s); "
+                             f"only {', '.join(order[after_stage:])} can change")
+        plans[task] = {**plans.get(task, {}), **settings}
+        try:
+            StagePlan.from_dict(plans[task])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--plan {task}: {e}") from None
+    return plans
 
 
 def stage_state(source: RunFolder, stage: int) -> tuple[Path | None, dict]:
@@ -85,9 +132,10 @@ def truncated_state(source: RunFolder, state: dict, stage: int) -> dict:
 
 
 def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | None = None,
-         after_stage: int = 1, epochs: dict[str, int] | None = None) -> Path:
-    """Write DEST: SOURCE up to stage ``after_stage``, with another strategy (after stage 1)
-    or other epochs for the later stages, ready for ``run.py --resume DEST``."""
+         after_stage: int = 1, epochs: dict[str, int] | None = None, plan: dict[str, dict] | None = None) -> Path:
+    """Write DEST: SOURCE up to stage ``after_stage``, with another strategy, other remedy options,
+    other epochs or other stage plans for the later stages, ready for ``run.py --resume DEST``.
+    After stage K > 1, the remedies acting in stages 2..K and their options must stay."""
     from strategies import canonical, parse_strategy
 
     src = RunFolder(source)
@@ -103,10 +151,15 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
         raise ValueError(f"--after-stage must be 1..{len(order) - 1} for the {len(order)} stages of {source}")
     name = canonical(strategy or cfg["strategy"])
     new_remedy = {**cfg.get("remedy", {}), **(remedy or {})}
-    if after_stage > 1 and (name != canonical(cfg["strategy"]) or
-                            changes_kept_stages(cfg.get("remedy", {}), new_remedy, order, after_stage)):
+    plans = edited_plans(cfg, plan, order, after_stage)
+    kept = order[1:after_stage]  # stage 1: no remedy acts (nothing to forget yet)
+    before, after = acting_in(cfg, cfg["strategy"], kept), acting_in(cfg, name, kept)
+    if before != after or changes_kept_stages(cfg.get("remedy", {}), new_remedy, order, after_stage,
+                                              set().union(*before)):
+        acted = "; ".join(f"{t}: {'+'.join(sorted(a)) or 'none'}" for t, a in zip(kept, before))
         raise ValueError(f"{source}: stages 2..{after_stage} were trained with {cfg['strategy']!r} and its "
-                         f"options; a fork after stage {after_stage} must keep them (fork after stage 1 instead)")
+                         f"options (remedies acting: {acted}); a fork after stage {after_stage} must keep "
+                         f"those remedies and their options (fork after stage 1 instead)")
     unknown = [t for t in (epochs or {}) if t not in order]
     if unknown:
         raise ValueError(f"--epochs names {', '.join(unknown)}, not a stage of {source} ({', '.join(order)})")
@@ -129,6 +182,8 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
     tmp.path.mkdir(parents=True)
     source_strategy = cfg["strategy"]
     cfg.update(strategy=name, out=str(dest), remedy=new_remedy, epochs={**cfg["epochs"], **(epochs or {})})
+    if plans:
+        cfg["plan"] = plans
     tmp.write_config(cfg)
     for ckpt in checkpoints:
         shutil.copy2(ckpt, tmp.path / ckpt.name)
@@ -146,6 +201,27 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
     return dest
 
 
+LIST_SETTINGS = ("train", "remedies")  # stage-plan settings that are lists: 'gpm,lwf' reads as one
+
+
+def plan_setting(text: str) -> tuple[str, str, object]:
+    """``--plan``: ``"cls.views=6"`` -> ``("cls", "views", 6)``; the value is JSON, or for a list
+    setting a comma list (``cls.remedies=gpm,lwf``; empty: ``[]``)."""
+    import json
+
+    target, sep, value = text.partition("=")
+    task, dot, key = target.strip().partition(".")
+    if not sep or not dot or not task or not key:
+        raise ValueError(f"expected TASK.SETTING=VALUE, e.g. cls.views=6, not {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        if key not in LIST_SETTINGS:
+            raise ValueError(f"{text!r}: {value!r} is not a JSON value") from None
+        parsed = [v.strip() for v in value.split(",") if v.strip()]
+    return task, key, parsed
+
+
 def main(argv=None) -> int:
     from avalanche_onehead import validation as check
     from avalanche_onehead.cli import OneLineParser
@@ -157,24 +233,32 @@ def main(argv=None) -> int:
     p.add_argument("source", help="run folder that finished the stage")
     p.add_argument("dest", help="new run folder")
     p.add_argument("--strategy", default=None,
-                   help="remedies joined by '+' for stages 2.. (default: the source's; other ones only "
-                        "with --after-stage 1)")
+                   help="remedies joined by '+' for the stages after K (default: the source's; after K > 1 "
+                        "only remedies that acted in none of stages 2..K may join or leave)")
     p.add_argument("--after-stage", type=check.int_flag(check.whole(1)), default=1, metavar="K",
                    help="keep the source's first K stages (default 1)")
     # task names are checked against the source's stages by fork()
     p.add_argument("--epochs", type=check.task_values_flag(lambda v: v, lambda s: check.epochs(check.parsed(int)(s)),
                                                            "task=N"), default=None, metavar="TASK=N,...",
                    help="epochs of the stages after K, e.g. 'cls=5' (default: the source's)")
+    p.add_argument("--plan", type=check.flag_type(lambda v: v, plan_setting), action="append", default=[],
+                   metavar="TASK.SETTING=VALUE",
+                   help="a stage-plan setting of a stage after K, a JSON value or a comma list, e.g. "
+                        "'cls.views=6', 'cls.remedies=gpm', 'cls.remedies=' (none acts); repeatable")
     p.add_argument("--no-train", action="store_true", help="only write DEST; continue later with run.py --resume")
     p.add_argument("--no-progress", action="store_true")
     add_remedy_flags(p, shown="the source run's")
     args = p.parse_args(argv)
     remedy = {k.removeprefix(REMEDY): v for k, v in vars(args).items() if k.startswith(REMEDY)}
     with fail():
-        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy, args.after_stage, args.epochs)
+        plan: dict[str, dict] = {}
+        for task, key, value in args.plan:
+            plan.setdefault(task, {})[key] = value
+        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy, args.after_stage, args.epochs, plan)
         cfg = RunFolder(dest).read_config()
+        edits = "".join(f", plan {t} {cfg['plan'][t]}" for t in plan)
         print(f"forked {args.source} (stages 1-{args.after_stage}) -> {dest}: strategy {cfg['strategy']}, "
-              f"epochs {cfg['epochs']}")
+              f"epochs {cfg['epochs']}{edits}")
         if not args.no_train:
             return run_cli.main(["--resume", str(dest)] + (["--no-progress"] if args.no_progress else []))
     return 0
