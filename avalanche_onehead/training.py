@@ -243,13 +243,14 @@ def build_run(cfg: RunConfig, choice: StrategyChoice, root, folder: RunFolder, l
 
     seed_everything(cfg.seed)
     model, stream, params = build_model_and_stream(cfg, choice.name, root, log)
+    remedies = build_remedies(choice.remedies, choice.options)
+    remedies.check_model(model)  # before the feature cache is built
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
                                                 cfg.output_lr_mult))
     criterion = OneHeadCriterion(model.task_settings, cfg.task_weights, seg_loss_stride=cfg.seg_loss_stride)
     plans = resolve_plans({} if cfg.joint else cfg.plan, cfg.order)
     benchmark, cache_seconds = build_benchmark(cfg, stream, model, plans, log)
     evaluator, summary_metric, loggers, tensorboard = build_evaluator(cfg, choice.name, stream, model, folder)
-    remedies = build_remedies(choice.remedies, choice.options)
     train_exps = list(benchmark.train_stream)
     stages = stage_plan(cfg, train_exps)
     current = {"stage": 0, "task": "", "t0": 0.0, "seconds": 0.0}

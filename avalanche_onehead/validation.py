@@ -98,6 +98,23 @@ def optional(rule: Rule) -> Rule:
     return lambda v: None if v is None else rule(v)
 
 
+def layer_map(value_rule: Rule) -> Rule:
+    """``{"neck.lateral.2": ..., "head": ...}``: names of the neck's or the head's modules (or prefixes)."""
+    def rule(v):
+        if not isinstance(v, dict):
+            raise ValueError(f"must be an object of layer -> value, not {_show(v)}")
+        out = {}
+        for k, x in v.items():
+            if not isinstance(k, str) or k.split(".")[0] not in ("neck", "head") or "" in k.split("."):
+                raise ValueError(f"names {k!r}, not a module of the neck or the head (e.g. neck.lateral.2, head.1)")
+            try:
+                out[k] = value_rule(x)
+            except ValueError as e:
+                raise FieldError(k, e) from None
+        return out
+    return rule
+
+
 def task_map(value_rule: Rule) -> Rule:
     """``{"seg": ..., "det": ...}`` with known task names."""
     def rule(v):
@@ -281,7 +298,8 @@ def remedy_rules() -> dict[str, Rule]:
         "lwf_temperature": number(0, above=True), "lwf_det_threshold": number(0, hi=1),
         "lwf_task_weights": task_map(number(0)),
         "kd_weight": number(0), "anchor_weight": number(0), "gpm_threshold": number(0, above=True, hi=1),
-        "gpm_positions": whole(1), "gpm_views": whole(1), "num_tasks": whole(1), "seed": whole(0)}
+        "gpm_positions": whole(1), "gpm_views": whole(1), "gpm_layer_thresholds": layer_map(number(0, hi=1)),
+        "num_tasks": whole(1), "seed": whole(0)}
 
 
 def _remedy_rules() -> Rule:
@@ -355,7 +373,7 @@ def task_values(text: str, value: Callable[[str], Any] = parsed(float), form: st
         if not sep or not task:
             raise ValueError(f"expected {form}[,{form}...], not {text.strip()!r}")
         if task in out:
-            raise ValueError(f"names task {task!r} twice")
+            raise ValueError(f"names {task!r} twice")
         try:
             out[task] = value(v.strip())
         except ValueError as e:

@@ -91,6 +91,17 @@ def protected_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
             if isinstance(m, nn.Conv2d) and name.split(".")[0] in ("neck", "head") and name != last}
 
 
+def matches(layer: str, prefix: str) -> bool:
+    """``prefix`` names ``layer`` or a module holding it (``neck.lateral`` holds ``neck.lateral.2``)."""
+    return layer == prefix or layer.startswith(prefix + ".")
+
+
+def options_text(options: dict[str, Any]) -> str:
+    """``threshold 0.99, positions 256, ...``: the options bases were made with, for the log."""
+    return ", ".join(f"{k} {', '.join(f'{p}={t:g}' for p, t in v.items()) if isinstance(v, dict) else format(v, 'g')}"
+                     for k, v in options.items())
+
+
 def check_no_norms(model: nn.Module) -> None:
     """GPM protects conv layers: a normalisation in neck or head would keep moving what they see."""
     norms = [name for name, m in model.named_modules()
@@ -142,13 +153,18 @@ class GradientProjection(SupervisedPlugin):
     would have computed, so the fork continues as a run that had gpm from the start."""
 
     def __init__(self, threshold: float = 0.97, positions: int = 256, views: int = 480, batch_size: int = 16,
-                 seed: int = 0):
+                 seed: int = 0, layer_thresholds: dict[str, float] | None = None):
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"gpm threshold must be in (0, 1], not {threshold}")
+        bad = {k: t for k, t in (layer_thresholds or {}).items() if not 0.0 <= t <= 1.0}
+        if bad:
+            raise ValueError(f"gpm layer thresholds must be in [0, 1] (0: the layer is not held), not {bad}")
         if positions < 1 or views < 1:
             raise ValueError(f"gpm positions and views must be at least 1, not {positions} and {views}")
         self.threshold, self.positions, self.views = threshold, positions, views
+        # layer-name prefix -> its own threshold (the first prefix that matches wins; 0 leaves it free)
+        self.layer_thresholds = dict(layer_thresholds or {})
         self.batch_size, self.seed = batch_size, seed
         self.bases: dict[str, Tensor] = {}
         self.stages: list[int] = []  # finished stages the bases hold
@@ -160,6 +176,18 @@ class GradientProjection(SupervisedPlugin):
         self._remade: str | None = None  # why a restore dropped stored bases (the next note says it)
 
     # -- memory ----------------------------------------------------------------------------------
+    def threshold_of(self, layer: str) -> float:
+        """The energy share held for ``layer``: the first ``layer_thresholds`` prefix it starts with, or the threshold."""
+        return next((t for prefix, t in self.layer_thresholds.items() if matches(layer, prefix)), self.threshold)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Every ``layer_thresholds`` prefix names at least one protected conv of ``model``."""
+        names = list(protected_layers(model))
+        unknown = [p for p in self.layer_thresholds if not any(matches(n, p) for n in names)]
+        if unknown:
+            raise ValueError(f"gpm layer threshold for {unknown[0]!r} matches no conv gradient projection holds; "
+                             f"they are {', '.join(names)}")
+
     def memorise(self, strategy, index: int, dataset) -> None:
         """Extend every layer's basis by stage ``index``'s inputs under the model as it now is."""
         check_no_norms(strategy.model)
@@ -167,7 +195,7 @@ class GradientProjection(SupervisedPlugin):
             covs = input_covariances(strategy.model, dataset, self.positions, self.batch_size,
                                      self.seed * 7919 + index, strategy.device, views=self.views)
         for name, c in covs.items():
-            self.bases[name] = extend_basis(self.bases.get(name), c, self.threshold)
+            self.bases[name] = extend_basis(self.bases.get(name), c, self.threshold_of(name))
         self.stages.append(index)
 
     def ranks(self) -> dict[str, tuple[int, int]]:
@@ -210,6 +238,7 @@ class GradientProjection(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs):
         # the bases only change between stages: the layers a step watches are found once per stage
         model = strategy.model
+        self.check_model(model)
         self._layers = {name: m for name, m in protected_layers(model).items() if name in self.bases}
         self._output = model.head[-1]
         self._own_rows = model.output_slices()[current_task(strategy)]
@@ -253,7 +282,8 @@ class GradientProjection(SupervisedPlugin):
     # -- resume ----------------------------------------------------------------------------------
     def made_with(self) -> dict[str, Any]:
         """The options the bases depend on (stored beside them)."""
-        return {"threshold": self.threshold, "positions": self.positions, "views": self.views}
+        made = {"threshold": self.threshold, "positions": self.positions, "views": self.views}
+        return {**made, **({"layer_thresholds": dict(self.layer_thresholds)} if self.layer_thresholds else {})}
 
     def resume_state(self) -> dict[str, Any]:
         return {"bases": {k: v.clone() for k, v in self.bases.items()}, "stages": list(self.stages),
@@ -265,8 +295,8 @@ class GradientProjection(SupervisedPlugin):
         from the finished stages' checkpoints, as under the new options the stages' ends would."""
         stored = state.get("made_with")
         if state.get("bases") and stored != self.made_with():
-            made = ("with " + ", ".join(f"{k} {v:g}" for k, v in stored.items())) if stored else "with unrecorded options"
-            ours = ", ".join(f"{k} {v:g}" for k, v in self.made_with().items())
+            made = ("with " + options_text(stored)) if stored else "with unrecorded options"
+            ours = options_text(self.made_with())
             self._remade = (f"made again from the finished stages' checkpoints: the stored ones were made {made}, "
                             f"this run asks for {ours}")
             state = {}

@@ -46,6 +46,9 @@ class RemedyOptions:
                                            "layer's inputs")
     gpm_views: int = setting(480, help="training views of a finished stage from which gradient projection "
                                        "estimates its bases (a seeded random subset)")
+    gpm_layer_thresholds: dict[str, float] = setting(
+        help="a threshold of its own for some convs, by module name or prefix (0: not held), e.g. "
+             "neck.lateral.2=0,head=0.995", factory=dict, metavar="LAYER=T,...", default_text="none")
     num_tasks: int = setting(3, help="tasks in the run (set by the run)", cli=False)
     seed: int = setting(0, help="the run's seed (set by the run)", cli=False)
 
@@ -88,7 +91,8 @@ def _kd(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
 
 
 def _gpm(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
-    return [GradientProjection(o.gpm_threshold, o.gpm_positions, o.gpm_views, seed=o.seed)]
+    return [GradientProjection(o.gpm_threshold, o.gpm_positions, o.gpm_views, seed=o.seed,
+                               layer_thresholds=o.gpm_layer_thresholds)]
 
 
 def _anchor(o: RemedyOptions, shared: _Shared, plugins: list[Any]) -> list[Any]:
@@ -124,7 +128,7 @@ REMEDIES: dict[str, Remedy] = {
                ("anchor_weight",)),
         Remedy("gpm", "Gradient Projection Memory: each shared conv's updates leave the input space of the "
                       "earlier tasks' views untouched, their read-out rows stay (gpm_threshold, gpm_positions, "
-                      "gpm_views)", _gpm, ("gpm_threshold", "gpm_positions", "gpm_views")),
+                      "gpm_views, gpm_layer_thresholds)", _gpm, ("gpm_threshold", "gpm_positions", "gpm_views", "gpm_layer_thresholds")),
     )
 }
 
@@ -188,6 +192,13 @@ class Remedies:
     def notes(self) -> list[str]:
         """One line from each remedy that has something to say about its state (after a stage)."""
         return [n for n in (p.note() for p in self.plugins if hasattr(p, "note")) if n]
+
+    def check_model(self, model) -> None:
+        """Each remedy's check of what it needs from the model (gpm: the layers its options name),
+        before anything trains."""
+        for p in self.plugins:
+            if hasattr(p, "check_model"):
+                p.check_model(model)
 
     def rebuilders(self, acting_later: Collection[str], stages_left: int) -> list[Any]:
         """The remedies that recompute per-stage state from a finished stage's checkpoint (EWC,

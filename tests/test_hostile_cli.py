@@ -80,6 +80,9 @@ BAD_FLAGS = [
     (["--lwf-temperature", "0"], "--lwf-temperature"), (["--ewc-decay", "1.5"], "--ewc-decay"),
     (["--strategy", "replay", "--replay-mem", "1", "--replay-per-step", "3"], "--replay"),
     (["--gpm-threshold", "1.5"], "--gpm-threshold"), (["--gpm-views", "0"], "--gpm-views"),
+    (["--gpm-layer-thresholds", "neck.lateral=1.5"], "--gpm-layer-thresholds"),
+    (["--gpm-layer-thresholds", "backbone=0"], "--gpm-layer-thresholds"),
+    (["--gpm-layer-thresholds", "neck.lateral"], "--gpm-layer-thresholds"),
     (["--no-such-flag"], "--no-such-flag"),
 ]
 
@@ -107,6 +110,8 @@ BAD_CONFIGS = [
     ({"learning_rate": 1}, "learning_rate"), ({"model": [1]}, "'model'"), ({"pretrained": "yes"}, "'pretrained'"),
     ({"strategy": "replay", "remedy": {"replay_mem_per_task": 1, "replay_per_step": 2}}, "'remedy'"),
     ({"remedy": {"gpm_threshold": 0}}, "'remedy.gpm_threshold'"),
+    ({"remedy": {"gpm_layer_thresholds": {"head": -1}}}, "'remedy.gpm_layer_thresholds.head'"),
+    ({"remedy": {"gpm_layer_thresholds": {"neck..x": 0}}}, "'remedy.gpm_layer_thresholds'"),
     ({"strategy": "gpm", "model": {"norm": "gn"}}, "'strategy'"),
     ({"strategy": "ewc+lwf", "plan": {"cls": {"remedies": ["gpm"]}}}, "'plan'"),
     ({"plan": {"cls": {"remedies": "gpm"}}}, "'plan.cls.remedies'"),

@@ -342,3 +342,45 @@ def test_bases_no_later_stage_reads_are_not_made_again(synthetic_root, run_cli, 
     assert mf["matrix"] == ms["matrix"]
     console = older_fork("projecting", ["lwf", "gpm"])
     assert "remedies acting: lwf+gpm)" in console and "made again" in console
+
+
+def test_a_layer_threshold_of_its_own_holds_that_layer_more_or_not_at_all(synthetic_root):
+    """``layer_thresholds``: the laterals (prefix ``neck.lateral``) at 0 keep no basis and move
+    freely; the other convs hold what the run's threshold holds; a prefix that names no conv,
+    or a threshold outside [0, 1], is refused before anything trains."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False)
+    stream = build_stream(synthetic_root, ["seg", "cls"], 64, model.mean, model.std, max_images=4)
+    seg_exp = stream.benchmark.train_stream[0]
+    plain = GradientProjection(threshold=0.99, positions=32)
+    strategy = _strategy(model, [plain])
+    strategy.train(seg_exp, drop_last=True, num_workers=0)
+    free = GradientProjection(threshold=0.99, positions=32, layer_thresholds={"neck.lateral": 0.0, "head.1": 1.0})
+    free.memorise(strategy, 0, seg_exp.dataset)
+    for name, basis in free.bases.items():
+        if name.startswith("neck.lateral."):
+            assert basis.shape[1] == 0  # nothing held: every update passes unprojected
+        elif name.startswith("head.1."):
+            assert basis.shape[1] >= plain.bases[name].shape[1]  # all the energy: at least as much held
+        else:
+            assert basis.shape[1] == plain.bases[name].shape[1]
+    assert free.made_with()["layer_thresholds"] == {"neck.lateral": 0.0, "head.1": 1.0}
+    assert "layer_thresholds" not in plain.made_with()  # folders of before keep their bases
+    delta = torch.randn(8, free.bases["neck.lateral.2"].shape[0])
+    assert torch.equal(project_rows(delta, free.bases["neck.lateral.2"]), delta)
+    with pytest.raises(ValueError, match="'neck.lateral.7' matches no conv"):
+        GradientProjection(layer_thresholds={"neck.lateral.7": 0.0}).check_model(model)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        GradientProjection(layer_thresholds={"head": 1.5})
+
+
+def test_a_layer_threshold_that_names_no_conv_stops_the_run_before_it_starts(synthetic_root, run_cli, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        run_cli.main(["--data-root", str(synthetic_root), "--strategy", "gpm", "--gpm-layer-thresholds",
+                      "neck.later=0", "--max-images", "6", "--image-size", "64", "--epochs", "1", "--workers", "0",
+                      "--no-progress", "--device", "cpu", "--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(err) == 1 and "'neck.later' matches no conv" in err[0], err
+    assert not out.exists()

@@ -65,7 +65,9 @@ def add_remedy_flags(parser, shown: str | None = None) -> dict[str, str]:
     g = parser.add_argument_group("remedy options (RemedyOptions; a recipe sets them under 'remedy')")
     values = {f: shown for f in RemedyOptions.__dataclass_fields__} if shown else \
         {k: f"from the default recipe, {show_value(v)}" for k, v in recipe.items()}
-    return add_setting_flags(g, RemedyOptions, check.remedy_rules(), dest_prefix=REMEDY, shown=values)
+    layers = {"gpm_layer_thresholds": lambda s: check.task_values(s, check.parsed(float), "layer=threshold")}
+    return add_setting_flags(g, RemedyOptions, check.remedy_rules(), dest_prefix=REMEDY, shown=values,
+                             parsers=layers)
 
 
 def build_parser() -> argparse.ArgumentParser:
