@@ -98,39 +98,42 @@ def optional(rule: Rule) -> Rule:
     return lambda v: None if v is None else rule(v)
 
 
-def layer_map(value_rule: Rule) -> Rule:
-    """``{"neck.lateral.2": ..., "head": ...}``: names of the neck's or the head's modules (or prefixes)."""
+def keyed_map(key_rule: Callable[[dict], None], value_rule: Rule, what: str) -> Rule:
+    """An object of ``what`` -> value: ``key_rule`` checks its keys, ``value_rule`` each value."""
     def rule(v):
         if not isinstance(v, dict):
-            raise ValueError(f"must be an object of layer -> value, not {_show(v)}")
+            raise ValueError(f"must be an object of {what} -> value, not {_show(v)}")
+        key_rule(v)
         out = {}
         for k, x in v.items():
-            if not isinstance(k, str) or k.split(".")[0] not in ("neck", "head") or "" in k.split("."):
-                raise ValueError(f"names {k!r}, not a module of the neck or the head (e.g. neck.lateral.2, head.1)")
             try:
                 out[k] = value_rule(x)
             except ValueError as e:
                 raise FieldError(k, e) from None
         return out
     return rule
+
+
+def _known_tasks(v: dict) -> None:
+    unknown = [k for k in v if k not in TASKS]
+    if unknown:
+        raise ValueError(f"names unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
+
+
+def _neck_or_head_modules(v: dict) -> None:
+    for k in v:
+        if not isinstance(k, str) or k.split(".")[0] not in ("neck", "head") or "" in k.split("."):
+            raise ValueError(f"names {k!r}, not a module of the neck or the head (e.g. neck.lateral.2, head.1)")
 
 
 def task_map(value_rule: Rule) -> Rule:
     """``{"seg": ..., "det": ...}`` with known task names."""
-    def rule(v):
-        if not isinstance(v, dict):
-            raise ValueError(f"must be an object of task -> value, not {_show(v)}")
-        unknown = [k for k in v if k not in TASKS]
-        if unknown:
-            raise ValueError(f"names unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
-        out = {}
-        for k, x in v.items():
-            try:
-                out[k] = value_rule(x)
-            except ValueError as e:
-                raise FieldError(k, e) from None
-        return out
-    return rule
+    return keyed_map(_known_tasks, value_rule, "task")
+
+
+def layer_map(value_rule: Rule) -> Rule:
+    """``{"neck.lateral.2": ..., "head": ...}``: names of the neck's or the head's modules (or prefixes)."""
+    return keyed_map(_neck_or_head_modules, value_rule, "layer")
 
 
 def image_size(v: Any) -> int:
