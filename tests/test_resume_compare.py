@@ -465,6 +465,9 @@ def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
              (["--after-stage", "2", "--plan", "cls.views=six"], "not a JSON value"),
              (["--after-stage", "2", "--plan", "cls=3"], "TASK.SETTING=VALUE"),
              (["--after-stage", "2", "--plan", "depth.views=2"], "not a stage"),
+             (["--after-stage", "2", "--plan", "cls.views=100"], "'plan.cls.views'"),
+             (["--after-stage", "2", "--plan", "cls.lr=\"fast\""], "'plan.cls.lr'"),
+             (["--after-stage", "2", "--plan", "cls.remedies=gpm"], "not in the run's strategy"),
              (["--after-stage", "3"], "--after-stage must be 1..2"),
              (["--epochs", "cls=two"], "task=N"),
              (["--epochs", "depth=2"], "not a stage")]

@@ -92,6 +92,19 @@ def edited_plans(cfg: dict, plan: dict[str, dict] | None, order: list[str], afte
     return plans
 
 
+def check_forked_config(cfg: dict) -> None:
+    """The new folder's settings pass the checks ``run.py --resume`` will apply to them (ranges,
+    a plan's remedies within the strategy), so a bad ``--plan`` or ``--strategy`` is refused
+    before anything is written."""
+    import copy
+
+    from avalanche_onehead import validation as check
+    from avalanche_onehead.training import RunConfig
+
+    doc = check.check_config_document(copy.deepcopy(cfg), "the fork's settings")
+    check.check_run_config(RunConfig.from_dict(doc), where=lambda name: f"the fork's '{name}'")
+
+
 def stage_state(source: RunFolder, stage: int) -> tuple[Path | None, dict]:
     """The state SOURCE saved right after ``stage``; for a finished run that predates
     per-stage state files, derived from its final state where that is exact."""
@@ -177,13 +190,14 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
     for ckpt in checkpoints:
         if not ckpt.is_file():
             raise FileNotFoundError(f"{ckpt}: missing (the source run's checkpoint of that stage)")
-    tmp = RunFolder(dest.with_name(f".{dest.name}.forking"))
-    shutil.rmtree(tmp.path, ignore_errors=True)
-    tmp.path.mkdir(parents=True)
     source_strategy = cfg["strategy"]
     cfg.update(strategy=name, out=str(dest), remedy=new_remedy, epochs={**cfg["epochs"], **(epochs or {})})
     if plans:
         cfg["plan"] = plans
+    check_forked_config(cfg)
+    tmp = RunFolder(dest.with_name(f".{dest.name}.forking"))
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    tmp.path.mkdir(parents=True)
     tmp.write_config(cfg)
     for ckpt in checkpoints:
         shutil.copy2(ckpt, tmp.path / ckpt.name)
