@@ -79,3 +79,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def open_default_recipe() -> dict:
+    """experiments/configs/default.json with no stage plan naming its remedies (so every remedy
+    of the strategy acts in every stage): the base the remedy-placement tests build on.  A fresh
+    copy per test, free to edit."""
+    import json
+
+    recipe = json.loads((REPO_ROOT / "experiments" / "configs" / "default.json").read_text())
+    recipe["plan"] = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in recipe["plan"].items()}
+    return recipe

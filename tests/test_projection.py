@@ -274,14 +274,12 @@ def test_a_stage_plan_chooses_which_remedies_act(synthetic_root):
     assert set(ewc.importances) == {0, 1, 2}  # EWC still estimated its Fisher after every stage
 
 
-def test_an_idle_gpm_changes_nothing_in_its_stage(synthetic_root, run_cli, tmp_path, capsys):
+def test_an_idle_gpm_changes_nothing_in_its_stage(synthetic_root, run_cli, tmp_path, capsys, open_default_recipe):
     """gpm in the strategy but left out of the det stage's plan: seg and det train bit for bit as
     without it (its passes draw nothing from the stage's random stream), and its bases are made."""
     import json
-    from pathlib import Path
 
-    default = json.loads((Path(__file__).resolve().parents[1] / "experiments/configs/default.json").read_text())
-    plans = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in default["plan"].items()}
+    default, plans = open_default_recipe, open_default_recipe["plan"]
     without_gpm = {**default, "strategy": "ewc+lwf", "plan": plans}
     with_gpm = {**default, "strategy": "ewc+lwf+gpm",
                 "plan": {**plans, "det": {**plans["det"], "remedies": ["ewc", "lwf"]}}}
@@ -303,17 +301,15 @@ def test_an_idle_gpm_changes_nothing_in_its_stage(synthetic_root, run_cli, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bases_no_later_stage_reads_are_not_made_again(synthetic_root, run_cli, tmp_path, capsys):
+def test_bases_no_later_stage_reads_are_not_made_again(synthetic_root, run_cli, tmp_path, capsys, open_default_recipe):
     """A resume whose stored bases cannot be used (a folder from before their options were stored)
     makes them again only when a stage still to train reads them: not when the last stage's plan
     leaves gpm out (and the run ends as its source did), yes when it projects."""
     import json
-    from pathlib import Path
 
     from avalanche_onehead.commands import fork
 
-    default = json.loads((Path(__file__).resolve().parents[1] / "experiments/configs/default.json").read_text())
-    plans = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in default["plan"].items()}
+    default, plans = open_default_recipe, open_default_recipe["plan"]
     recipe = {**default, "strategy": "ewc+lwf+gpm", "plan": {**plans, "cls": {**plans["cls"], "remedies": ["lwf"]}}}
     config = tmp_path / "recipe.json"
     config.write_text(json.dumps(recipe))

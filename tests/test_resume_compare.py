@@ -530,13 +530,13 @@ def test_a_fork_after_stage_two_with_another_last_stage_plan_equals_a_run_from_s
     assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
 
 
-def test_a_fork_after_stage_two_may_add_a_remedy_that_acts_only_later(tmp_path, synthetic_root, run_cli, capsys):
+def test_a_fork_after_stage_two_may_add_a_remedy_that_acts_only_later(tmp_path, synthetic_root, run_cli, capsys,
+                                                                     open_default_recipe):
     """A source whose det stage ran EWC + LwF only: gradient projection, acting in the cls stage
     alone, can join after stage 2 (its bases are made from the checkpoints) and the fork equals
     that recipe run from scratch; the options of a remedy that acted in the det stage cannot change."""
     fork_cli = commands.fork
-    default = json.loads((REPO / "experiments" / "configs" / "default.json").read_text())
-    plans = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in default["plan"].items()}
+    default, plans = open_default_recipe, open_default_recipe["plan"]
     source_recipe = {**default, "strategy": "ewc+lwf", "plan": {**plans, "det": {**plans["det"], "remedies": ["ewc", "lwf"]}}}
     target_recipe = {**source_recipe, "strategy": "ewc+lwf+gpm",
                      "plan": {**source_recipe["plan"], "cls": {**plans["cls"], "remedies": ["gpm"]}}}
