@@ -149,6 +149,26 @@ def test_assign_gives_smaller_box_priority_and_every_box_a_positive():
     assert (cls_index[contested] == LABELS[2]).all()
 
 
+def test_center_fraction_sets_how_positives_grow_with_the_box():
+    """``center_fraction`` 0 keeps FCOS's fixed centre window (radius 1.5 strides): a box 8x the
+    side of another gets as many positives, so large boxes cannot take most of the loss.  At 0.2
+    the window grows with the short side: the large box gets many times more."""
+    size = (512, 512)
+    small = torch.tensor([[100.0, 100.0, 148.0, 148.0]])  # 48 px: the window is the 1.5-stride floor
+    large = torch.tensor([[68.0, 68.0, 452.0, 452.0]])  # 384 px, centred on a cell like the small one
+    label = torch.tensor([0])
+
+    def count(box, fraction):
+        cfg = DetectionConfig(stride=8, center_fraction=fraction)
+        return int(_positives_per_box(box, label, cfg, size)[3].sum())
+
+    fixed = (count(small, 0.0), count(large, 0.0))
+    growing = (count(small, 0.2), count(large, 0.2))
+    assert fixed == (9, 9)  # the 3x3 cells within 12 px of the centre
+    assert growing[0] == 9 and growing[1] == (2 * (384 * 0.2 // 8) + 1) ** 2  # |dx|, |dy| <= 76.8 px
+    assert growing[1] > 30 * fixed[1]
+
+
 def test_assign_tiny_box_inside_a_large_box():
     # the tiny box holds the cell centre (60, 60) on its edge, like BOXES[3]
     boxes = torch.tensor([[8.0, 8.0, 120.0, 120.0], [60.0, 60.0, 65.0, 65.0]])
