@@ -33,6 +33,12 @@ class DetectionConfig:
     max_detections: int = 100
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # weigh each box's positive locations by 1 / their count (times the image's mean count per
+    # box), so every box carries the same share of the positive loss.  With one stride and a
+    # window that grows with the box, the large boxes hold most positives (87 % on mini-COCO's
+    # train split at 512 px, with 31 % of the boxes); shrinking their window instead (
+    # ``center_fraction`` 0) lifted medium boxes' AP and halved large boxes' (measured)
+    balance_boxes: bool = False
 
 
 def grid_centers(h: int, w: int, stride: int, device=None) -> Tensor:
@@ -51,13 +57,23 @@ def assign(
     Returns ``(cls_index (P,), box_targets (P, 4) xyxy, positive mask (P,))`` with
     ``cls_index = -1`` for negatives.  Among several boxes the smallest wins.
     """
+    return targets_of(boxes, labels, *assigned_box(boxes, centers, cfg))
+
+
+def targets_of(boxes: Tensor, labels: Tensor, best: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`assign`'s targets from :func:`assigned_box`'s answer."""
+    if boxes.numel() == 0:
+        return torch.full_like(best, -1), torch.zeros(len(best), 4, device=best.device), pos
+    return torch.where(pos, labels[best], torch.full_like(best, -1)), boxes[best], pos
+
+
+def assigned_box(boxes: Tensor, centers: Tensor, cfg: DetectionConfig) -> tuple[Tensor, Tensor]:
+    """Which box each location is positive for: ``(box index (P,), positive mask (P,))``; the
+    index of a negative location is meaningless (0)."""
     p = centers.shape[0]
     if boxes.numel() == 0:
-        return (
-            torch.full((p,), -1, dtype=torch.long, device=centers.device),
-            torch.zeros(p, 4, device=centers.device),
-            torch.zeros(p, dtype=torch.bool, device=centers.device),
-        )
+        return (torch.zeros(p, dtype=torch.long, device=centers.device),
+                torch.zeros(p, dtype=torch.bool, device=centers.device))
     x, y = centers[:, 0:1], centers[:, 1:2]  # (P,1)
     x0, y0, x1, y1 = (boxes[:, i][None] for i in range(4))  # (1,N)
     inside = (x > x0) & (x < x1) & (y > y0) & (y < y1)
@@ -72,9 +88,15 @@ def assign(
     area = ((x1 - x0) * (y1 - y0)).expand(p, -1)
     area = torch.where(ok, area, torch.full_like(area, float("inf")))
     best_area, best = area.min(dim=1)
-    pos = torch.isfinite(best_area)
-    cls_index = torch.where(pos, labels[best], torch.full_like(best, -1))
-    return cls_index, boxes[best], pos
+    return best, torch.isfinite(best_area)
+
+
+def box_weights(best: Tensor, pos: Tensor) -> Tensor:
+    """Per positive location, ``mean positives per box / its box's positives``: each box then
+    weighs the same and the positives still sum to their count."""
+    owner = best[pos]
+    counts = torch.bincount(owner)[owner].float()
+    return (len(owner) / owner.unique().numel()) / counts
 
 
 def distances_to_boxes(centers: Tensor, ltrb: Tensor) -> Tensor:
@@ -110,19 +132,32 @@ def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tens
     for i in range(b):
         cls_logits, ltrb, ctr = _split(raw[i], num_classes, cfg.stride)
         t = targets[i]
-        cls_index, box_t, pos = assign(t.boxes, t.labels, centers, cfg)
+        best, pos = assigned_box(t.boxes, centers, cfg)
+        cls_index, box_t, pos = targets_of(t.boxes, t.labels, best, pos)
         onehot = torch.zeros_like(cls_logits)
         onehot[pos, cls_index[pos]] = 1.0
-        focal = focal + sigmoid_focal_loss(
-            cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum"
-        )
+        balanced = cfg.balance_boxes and bool(pos.any())
+        weight = box_weights(best, pos) if balanced else None
+        if balanced:
+            per_location = sigmoid_focal_loss(
+                cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none").sum(1)
+            per_location = torch.cat([per_location[~pos], per_location[pos] * weight])
+        else:
+            per_location = sigmoid_focal_loss(
+                cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum")
+        focal = focal + per_location.sum()
         if pos.any():
             c = centers[pos]
             pred_boxes = distances_to_boxes(c, ltrb[pos])
             ctr_t = centerness(c, box_t[pos])
-            giou = giou + (generalized_box_iou_loss(pred_boxes, box_t[pos], reduction="none") * ctr_t).sum()
-            ctr_weight_sum = ctr_weight_sum + ctr_t.sum()
-            ctr_loss = ctr_loss + F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
+            box_weight = ctr_t if weight is None else ctr_t * weight
+            giou = giou + (generalized_box_iou_loss(pred_boxes, box_t[pos], reduction="none") * box_weight).sum()
+            ctr_weight_sum = ctr_weight_sum + box_weight.sum()
+            if weight is None:
+                ctr_loss = ctr_loss + F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
+            else:
+                ctr_loss = ctr_loss + (F.binary_cross_entropy_with_logits(
+                    ctr[pos], ctr_t, reduction="none") * weight).sum()
             n_pos += int(pos.sum())
     norm = max(n_pos, 1)
     return {

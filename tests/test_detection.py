@@ -11,6 +11,8 @@ from avalanche_onehead.detection import (
     BOX_CHANNELS,
     DetectionConfig,
     assign,
+    assigned_box,
+    box_weights,
     decode,
     decode_to_original,
     detection_loss,
@@ -167,6 +169,50 @@ def test_center_fraction_sets_how_positives_grow_with_the_box():
     assert fixed == (9, 9)  # the 3x3 cells within 12 px of the centre
     assert growing[0] == 9 and growing[1] == (2 * (384 * 0.2 // 8) + 1) ** 2  # |dx|, |dy| <= 76.8 px
     assert growing[1] > 30 * fixed[1]
+
+
+def test_balanced_boxes_weigh_the_same_and_keep_the_positives_total():
+    """``balance_boxes``: a box's positive locations share one equal weight per box; the weights
+    still sum to the number of positives, so the loss keeps its scale."""
+    boxes = torch.tensor([[100.0, 100.0, 148.0, 148.0], [68.0, 200.0, 452.0, 500.0], [300.0, 20.0, 340.0, 90.0]])
+    cfg = DetectionConfig(stride=8)
+    best, pos = assigned_box(boxes, grid_centers(64, 64, 8), cfg)
+    w = box_weights(best, pos)
+    owner = best[pos]
+    per_box = torch.stack([w[owner == j].sum() for j in range(len(boxes))])
+    counts = torch.bincount(owner)
+    assert counts.max() > 10 * counts.min()  # the large box holds most positives
+    assert torch.allclose(per_box, per_box[0].expand(3))
+    assert math.isclose(float(w.sum()), int(pos.sum()), rel_tol=1e-6)
+
+
+def test_balanced_loss_gives_the_small_box_its_share():
+    """With a large and a small box, balancing raises the small box's part of the focal term and
+    changes nothing for one box alone (every weight is then 1)."""
+    small = torch.tensor([[100.0, 100.0, 148.0, 148.0]])
+    large = torch.tensor([[68.0, 200.0, 452.0, 500.0]])
+    labels = torch.tensor([0, 1])
+    torch.manual_seed(0)
+    raw = torch.randn(1, NUM_CLASSES + BOX_CHANNELS, 64, 64)
+    plain, balanced = DetectionConfig(stride=8), DetectionConfig(stride=8, balance_boxes=True)
+
+    def loss(boxes, labs, cfg, r=raw):
+        return detection_loss(r, [DetTarget(boxes=boxes, labels=labs)], cfg)
+
+    one_p, one_b = loss(large, labels[1:], plain), loss(large, labels[1:], balanced)
+    assert all(torch.allclose(one_p[k], one_b[k], rtol=1e-5) for k in one_p)
+    # the gradient the small box's locations get, against the large box's
+    both = torch.cat([small, large])
+
+    def share(cfg):
+        r = raw.clone().requires_grad_(True)
+        sum(loss(both, labels, cfg, r).values()).backward()
+        best, pos = assigned_box(both, grid_centers(64, 64, 8), cfg)
+        g = r.grad[0, :NUM_CLASSES].flatten(1).abs().sum(0)
+        return float(g[pos & (best == 0)].sum() / g[pos].sum())
+
+    assert share(balanced) > 2 * share(plain)
+    assert share(balanced) > 0.3
 
 
 def test_assign_tiny_box_inside_a_large_box():
