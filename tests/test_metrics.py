@@ -119,7 +119,13 @@ def test_seg_update_upsamples_raw_logits_to_the_mask():
 
 
 def _coco_map(images, gts, preds) -> tuple[float, float]:
-    """COCO mAP@[.5:.95] and mAP@.5 straight from pycocotools.
+    """COCO mAP@[.5:.95] and mAP@.5 straight from pycocotools."""
+    stats = _coco_stats(images, gts, preds)
+    return stats[0], stats[1]
+
+
+def _coco_stats(images, gts, preds) -> list[float]:
+    """pycocotools' twelve summary numbers (mAP, mAP@.5, mAP@.75, mAP small / medium / large, ...).
 
     ``gts``/``preds``: per image dicts of xyxy ``boxes``, ``labels`` (+ ``iscrowd`` / ``scores``).
     """
@@ -148,7 +154,7 @@ def _coco_map(images, gts, preds) -> tuple[float, float]:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return float(ev.stats[0]), float(ev.stats[1])
+    return [float(v) for v in ev.stats]
 
 
 def _gt(boxes, labels, crowd=None):
@@ -209,6 +215,25 @@ def test_det_partial_case_equals_pycocotools():
     assert 0.0 < ref_map < 1.0
     assert res["mAP"] == pytest.approx(ref_map, abs=1e-6)
     assert res["mAP50"] == pytest.approx(ref_map50, abs=1e-6)
+
+
+def test_det_map_by_object_size_matches_pycocotools():
+    """mAP of small (< 32² px), medium and large boxes equals pycocotools' on a case with all
+    three sizes, and a size without ground truth is left out."""
+    gts = [_gt([[10, 10, 30, 30], [50, 50, 110, 110], [0, 120, 200, 240]], [0, 1, 2]),
+           _gt([[5, 5, 25, 20], [150, 20, 210, 70]], [0, 1])]
+    preds = [_pred([[11, 10, 30, 31], [52, 50, 110, 108], [0, 125, 190, 240], [60, 60, 100, 100]],
+                   [0.9, 0.8, 0.7, 0.95], [0, 1, 2, 1]),
+             _pred([[5, 6, 24, 20], [140, 20, 210, 75]], [0.4, 0.6], [0, 1])]
+    res = _det_eval(preds, gts)
+    stats = _coco_stats([1, 2], gts, preds)
+    for k, size in enumerate(("small", "medium", "large")):
+        assert stats[3 + k] >= 0
+        assert res[f"mAP_{size}"] == pytest.approx(stats[3 + k], abs=1e-6), size
+    assert 0 < res["mAP_medium"] < 1
+    only_large = _det_eval([_pred([[0, 120, 200, 240]], [0.9], [2])], [_gt([[0, 120, 200, 240]], [2])])
+    assert only_large["mAP_large"] == pytest.approx(1.0)
+    assert "mAP_small" not in only_large and "mAP_medium" not in only_large
 
 
 def test_det_crowd_box_is_neither_a_miss_nor_makes_its_detection_a_false_positive():

@@ -26,6 +26,8 @@ PRIOR_LOGIT = -4.595
 #: boxes a prediction figure draws: those scored at least this, at most this many
 DRAW_MIN_SCORE = 0.3
 DRAW_MAX_BOXES = 5
+#: COCO's object sizes, by box area: small < 32², medium < 96², large the rest
+SIZES = ("small", "medium", "large")
 
 
 @dataclass
@@ -90,7 +92,8 @@ def box_loss(raw: Tensor, targets: DetTargets, cfg: DetectionConfig = DetectionC
 
 
 class DetEvaluator:
-    """COCO mAP@[.5:.95] and mAP@0.5 (pycocotools backend) in original pixels."""
+    """COCO mAP@[.5:.95], mAP@0.5, mAP@0.75 and mAP by object size (pycocotools backend) in
+    original pixels."""
 
     def __init__(self, num_classes: int, cfg: DetectionConfig | None = None):
         self.cfg = cfg or DetectionConfig()
@@ -120,6 +123,11 @@ class DetEvaluator:
             res = self.metric.compute()
         out = {"mAP": max(float(res["map"]), 0.0), "mAP50": max(float(res["map_50"]), 0.0),
                "mAP75": max(float(res["map_75"]), 0.0)}
+        # COCO's split by box area in original pixels (< 32², < 96², larger); a size with no
+        # ground-truth box (COCO's -1) is left out
+        for size in SIZES:
+            if float(res[f"map_{size}"]) >= 0:
+                out[f"mAP_{size}"] = float(res[f"map_{size}"])
         classes = res.get("classes")
         per_class = res.get("map_per_class")
         if classes is not None and per_class is not None and per_class.numel() == classes.numel():
