@@ -116,6 +116,8 @@ BAD_CONFIGS = [
     ({"strategy": "ewc+lwf", "plan": {"cls": {"remedies": ["gpm"]}}}, "'plan'"),
     ({"plan": {"cls": {"remedies": "gpm"}}}, "'plan.cls.remedies'"),
     ({"model": {"pool": "max"}}, "'model.pool'"), ({"model": {"pool_sharpness": 0}}, "'model.pool_sharpness'"),
+    ({"model": {"detection": {"balance_boxes": "yes"}}}, "'model.detection.balance_boxes'"),
+    ({"model": {"detection": {"center_fraction": -0.1}}}, "'model.detection.center_fraction'"),
 ]
 
 
