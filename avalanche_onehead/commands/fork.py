@@ -98,11 +98,9 @@ def check_forked_config(cfg: dict) -> None:
     before anything is written."""
     import copy
 
-    from avalanche_onehead import validation as check
-    from avalanche_onehead.training import RunConfig
+    from avalanche_onehead.commands.run import folder_config
 
-    doc = check.check_config_document(copy.deepcopy(cfg), "the fork's settings")
-    check.check_run_config(RunConfig.from_dict(doc), where=lambda name: f"the fork's '{name}'")
+    folder_config(copy.deepcopy(cfg), "the fork's settings")
 
 
 def stage_state(source: RunFolder, stage: int) -> tuple[Path | None, dict]:

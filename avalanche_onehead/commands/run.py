@@ -162,12 +162,20 @@ def resumed_config(run_dir: Path, args):
     cfg_file = RunFolder(run_dir).config_file
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file}: not a run folder (no {cfg_file.name})")
-    doc = check.check_config_document(read_json(cfg_file), cfg_file)
+    return folder_config(read_json(cfg_file), cfg_file, out=str(run_dir), progress="progress" not in args.given)
+
+
+def folder_config(doc: Any, source: str | Path, **settings: Any) -> RunConfig:
+    """A run folder's settings document as a resume reads it: the document's checks, one epoch
+    count spread over the stages, ``settings`` set, then the assembled RunConfig's checks; the
+    errors name ``source``.  The fork puts a new folder's settings through it before writing."""
+    doc = check.check_config_document(doc, source)
     if isinstance(doc.get("epochs"), int):
         doc["epochs"] = {t: doc["epochs"] for t in doc.get("order", [])}
     cfg = RunConfig.from_dict(doc)
-    cfg.out, cfg.progress = str(run_dir), "progress" not in args.given
-    check.check_run_config(cfg, where=lambda name: f"{cfg_file}: '{name}'")
+    for name, value in settings.items():
+        setattr(cfg, name, value)
+    check.check_run_config(cfg, where=lambda name: f"{source}: '{name}'")
     return cfg
 
 
