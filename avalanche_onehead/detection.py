@@ -137,29 +137,22 @@ def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tens
         cls_index, box_t, pos = targets_of(t.boxes, t.labels, best, pos)
         onehot = torch.zeros_like(cls_logits)
         onehot[pos, cls_index[pos]] = 1.0
-        balanced = cfg.balance_boxes and bool(pos.any())
-        weight = box_weights(best, pos) if balanced else None
-        # unbalanced: the reductions of before, so runs without the option are bit for bit the same
-        if balanced:
-            per_location = sigmoid_focal_loss(
-                cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none").sum(1)
-            per_location = torch.cat([per_location[~pos], per_location[pos] * weight])
-        else:
-            per_location = sigmoid_focal_loss(
-                cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum")
-        focal = focal + per_location.sum()
+        weight = box_weights(best, pos) if cfg.balance_boxes and pos.any() else None
+        focal_terms = sigmoid_focal_loss(
+            cls_logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none")
+        if weight is not None:
+            focal_terms = torch.cat([focal_terms[~pos], focal_terms[pos] * weight[:, None]])
+        focal = focal + focal_terms.sum()
         if pos.any():
             c = centers[pos]
             pred_boxes = distances_to_boxes(c, ltrb[pos])
             ctr_t = centerness(c, box_t[pos])
-            box_weight = ctr_t if weight is None else ctr_t * weight
-            giou = giou + (generalized_box_iou_loss(pred_boxes, box_t[pos], reduction="none") * box_weight).sum()
-            ctr_weight_sum = ctr_weight_sum + box_weight.sum()
-            if weight is None:
-                ctr_loss = ctr_loss + F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
-            else:
-                ctr_loss = ctr_loss + (F.binary_cross_entropy_with_logits(
-                    ctr[pos], ctr_t, reduction="none") * weight).sum()
+            ctr_terms = F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="none")
+            if weight is not None:
+                ctr_t, ctr_terms = ctr_t * weight, ctr_terms * weight
+            giou = giou + (generalized_box_iou_loss(pred_boxes, box_t[pos], reduction="none") * ctr_t).sum()
+            ctr_weight_sum = ctr_weight_sum + ctr_t.sum()
+            ctr_loss = ctr_loss + ctr_terms.sum()
             n_pos += int(pos.sum())
     norm = max(n_pos, 1)
     return {
