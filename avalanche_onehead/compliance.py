@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import rules
-from .model import OneHeadNet, Residual, count_parameters
+from .model import Carry, OneHeadNet, Residual, count_parameters
 
 ORIGINAL_SIZE = (480, 640)  # (h, w) the predictions are decoded to: a typical VOC/COCO photo
 
@@ -40,15 +40,17 @@ def head_report(model: OneHeadNet) -> dict:
     layers = list(head.children())
     convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
     # a residual layer (x + relu(conv x)) is one layer of the one branch, as every layer of the
-    # <= 3-layer transformer head the challenge allows is residual
+    # <= 3-layer transformer head the challenge allows is residual; a layer that carries the
+    # neck's fixed semantic channels on next to its output (Carry) is one layer too
     sequential = isinstance(head, nn.Sequential) and all(
-        isinstance(m, (nn.Sequential, nn.Conv2d, Residual)) for m in layers)
+        isinstance(m, (nn.Sequential, nn.Conv2d, Residual, Carry)) for m in layers)
     last = layers[-1]
     return {
         "layers": len(layers),
         "conv_layers": len(convs),
         "single_branch": bool(sequential and isinstance(last, nn.Conv2d)),
-        "residual_layers": sum(isinstance(m, Residual) for m in layers),
+        "residual_layers": sum(isinstance(m, Residual) or getattr(m, "residual", False) for m in layers),
+        "carried_semantic_channels": model.neck.semantic_channels,
         "output_channels": int(last.out_channels),
         "output_groups": {t: [s.start, s.stop] for t, s in model.output_slices().items()},
         "ok": bool(rules.head_layers_allowed(len(layers)) and sequential),
@@ -58,7 +60,8 @@ def head_report(model: OneHeadNet) -> dict:
 def neck_report(model: OneHeadNet) -> dict:
     n_out = sum(1 for m in model.neck.output.modules() if isinstance(m, nn.Conv2d))
     return {"type": "FPN (one layer: lateral 1x1 per level, top-down sum, one 3x3 output conv)",
-            "lateral_convs": len(model.neck.lateral), "output_convs": n_out, "ok": rules.neck_allowed(n_out)}
+            "lateral_convs": len(model.neck.lateral), "output_convs": n_out,
+            "fixed_semantic_channels": model.neck.semantic_channels, "ok": rules.neck_allowed(n_out)}
 
 
 def latency_image(size: int = 512) -> torch.Tensor:

@@ -265,6 +265,7 @@ def _model_rules() -> Rule:
     rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(*challenge_rules.HEAD_LAYERS),
              "norm": text(("none", "gn", "bn")), "groups": whole(1), "init": text(("dirac", "default")),
              "freeze_backbone_bn": boolean, "neck_relu": boolean, "head_residual": boolean,
+             "semantic_channels": whole(0),
              "pool": text(POOLS), "pool_sharpness": number(0, above=True),
              "num_classes": task_map(whole(1))}
     return settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
