@@ -10,6 +10,7 @@ average of
 * the head's last hidden layer (the input of the output layer: an image-level task's output,
   e.g. the classification logits, is a linear map of its global average under the default
   mean pooling; under ``"pool": "lse"`` it is not, and the probe is a yardstick, not a bound),
+* with ``semantic_channels``, those fixed channels alone (what no stage can take away),
 
 next to the model's own Top-1 on that task.  Any task whose output is an image-level vector
 (``TaskSpec.reduce`` pools its map) and whose targets are class indices can be probed; a dense
@@ -55,7 +56,8 @@ def pooled_features(model, loader, task: str = DEFAULT_TASK) -> tuple[dict[str, 
     taps: dict[str, torch.Tensor] = {}
     hooks = [model.neck.register_forward_hook(lambda m, i, o: taps.__setitem__("neck", o)),
              model.head[-2].register_forward_hook(lambda m, i, o: taps.__setitem__("head", o))]
-    out: dict[str, list] = {"backbone": [], "neck": [], "head": [], "logits": []}
+    k = model.neck.semantic_channels
+    out: dict[str, list] = {"backbone": [], "neck": [], "head": [], "logits": [], **({"semantic": []} if k else {})}
     targets = []
     try:
         for x, y in loader:
@@ -64,6 +66,8 @@ def pooled_features(model, loader, task: str = DEFAULT_TASK) -> tuple[dict[str, 
             out["backbone"].append(feats[-1].mean((2, 3)))
             out["neck"].append(taps["neck"].mean((2, 3)))
             out["head"].append(taps["head"].mean((2, 3)))
+            if k:
+                out["semantic"].append(taps["neck"][:, -k:].mean((2, 3)))
             out["logits"].append(pred[task])
             targets += list(y)
     finally:
@@ -104,7 +108,8 @@ def probe_checkpoint(weights: str | Path, data_root: str | Path | None = None, b
         loader = ((torch.stack(x), y) for x, y in loader)
         feats[split] = pooled_features(model, loader, task)
     (tr, ytr), (va, yva) = feats["train"], feats["val"]
-    result = {f"probe_{k}": probe_accuracy(tr[k], ytr, va[k], yva) for k in ("backbone", "neck", "head")}
+    layers = [k for k in ("backbone", "neck", "head", "semantic") if k in tr]
+    result = {f"probe_{k}": probe_accuracy(tr[k], ytr, va[k], yva) for k in layers}
     result["model_top1"] = float((va["logits"].argmax(1) == yva).mean())
     result.update(weights=str(weights), data_root=str(root.path), train_images=len(ytr), val_images=len(yva))
     return result

@@ -118,6 +118,8 @@ BAD_CONFIGS = [
     ({"model": {"pool": "max"}}, "'model.pool'"), ({"model": {"pool_sharpness": 0}}, "'model.pool_sharpness'"),
     ({"model": {"detection": {"balance_boxes": "yes"}}}, "'model.detection.balance_boxes'"),
     ({"model": {"detection": {"center_fraction": -0.1}}}, "'model.detection.center_fraction'"),
+    ({"model": {"semantic_channels": -1}}, "'model.semantic_channels'"),
+    ({"model": {"semantic_channels": 1.5}}, "'model.semantic_channels'"),
 ]
 
 

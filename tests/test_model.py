@@ -374,3 +374,72 @@ def test_lse_pool_makes_the_classification_logits_and_survives_a_checkpoint(tmp_
     torch.testing.assert_close(model.for_inference()(x)["cls"], out["cls"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="pool must be one of mean, lse"):
         create_model(pretrained=False, pool="max")
+
+
+def test_semantic_channels_carry_a_fixed_projection_of_the_deepest_map_to_the_output_layer():
+    """semantic_channels=k: the neck adds k channels, a fixed orthonormal projection of the
+    stride-32 map upsampled to stride 8, and every hidden layer passes them on unchanged, so the
+    output layer reads them exactly as the neck made them."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, semantic_channels=12).eval()
+    taps = {}
+    model.head[-2].register_forward_hook(lambda m, i, o: taps.__setitem__("hidden", o))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    out = model(x)
+    deepest = model.backbone(x)[-1]
+    w = model.neck.semantic_projection.flatten(1)
+    torch.testing.assert_close(w @ w.T, torch.eye(12), rtol=0, atol=1e-5)  # orthonormal rows
+    expected = nn.functional.interpolate(torch.einsum("kc,bchw->bkhw", w, deepest), size=(8, 8), mode="nearest")
+    torch.testing.assert_close(out.features[:, -12:], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(taps["hidden"][:, -12:], expected, rtol=1e-4, atol=1e-4)
+    assert out.features.shape[1] == 96 + 12 and taps["hidden"].shape[1] == 96 + 12
+    assert model.head[-1].in_channels == 96 + 12
+    # the projection is a buffer, counted with the neck's weights, and no optimizer sees it
+    assert "neck.semantic_projection" in model.state_dict()
+    assert all("semantic" not in n for n, _ in model.named_parameters())
+    base = create_model(pretrained=False)
+    assert count_parameters(model)["neck"] == count_parameters(base)["neck"] + 12 * 320
+    head, neck = head_report(model), neck_report(model)
+    assert head["ok"] and head["single_branch"] and head["layers"] == 3 and head["carried_semantic_channels"] == 12
+    assert neck["ok"] and neck["fixed_semantic_channels"] == 12
+
+
+def test_semantic_channels_survive_training_and_a_checkpoint(tmp_path):
+    """Training steps of neck, head and output (the backbone frozen, as in every default stage)
+    move the trained channels, never the carried ones; the checkpoint keeps the projection, the
+    folded inference copy computes the same outputs."""
+    from avalanche_onehead.checkpoint import load_checkpoint, save_checkpoint
+    from avalanche_onehead.stage_plans import StagePlan, apply_plan
+
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, semantic_channels=8, head_residual=True, neck_relu=False)
+    apply_plan(model.train(), StagePlan(train=["neck", "head", "output"]))
+    before = model.neck.semantic_projection.clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    carried = model(x).features[:, -8:].detach()
+    for _ in range(2):
+        out = model(x)
+        loss = sum(v.square().mean() for v in out.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(model.neck.semantic_projection, before)
+    after = model(x)
+    torch.testing.assert_close(after.features[:, -8:], carried)
+    assert not torch.allclose(after.features[:, :-8], out.features[:, :-8].detach())
+    model.eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, classes={}, image_size=SIZE)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.cfg.semantic_channels == 8
+    assert torch.equal(loaded.neck.semantic_projection, before)
+    torch.testing.assert_close(loaded(x)["cls"], model(x)["cls"])
+    torch.testing.assert_close(model.for_inference()(x)["seg"], model(x)["seg"], rtol=1e-4, atol=1e-4)
+
+
+def test_semantic_channels_bad_values_are_refused():
+    with pytest.raises(ValueError, match="semantic_channels must be >= 0"):
+        create_model(pretrained=False, semantic_channels=-1)
+    with pytest.raises(ValueError, match="at most the deepest map's 320 channels"):
+        create_model(pretrained=False, semantic_channels=321)

@@ -34,6 +34,31 @@ def test_probe_cli_on_a_tiny_run(tmp_path, synthetic_root, run_cli, capsys):
     for k in ("probe_backbone", "probe_neck", "probe_head", "model_top1"):
         assert 0.0 <= r[k] <= 1.0, k
     assert r["train_images"] == 12 and r["val_images"] == 12
+    assert "probe_semantic" not in r  # the model has no fixed semantic channels
+
+
+def test_probe_reads_the_fixed_semantic_channels_alone(tmp_path, synthetic_root, run_cli, capsys):
+    """With semantic_channels the probe also fits the pooled fixed channels alone: the pooled
+    neck output's last k channels, which the hidden layers pass on unchanged."""
+    import torch
+
+    from avalanche_onehead.checkpoint import load_checkpoint
+    from avalanche_onehead.probe import pooled_features
+    from avalanche_onehead.tasks import TASKS
+
+    run, cfg = tmp_path / "run", tmp_path / "recipe.json"
+    cfg.write_text(json.dumps({"model": {"semantic_channels": 8}}))
+    assert run_cli.main(["--strategy", "naive", "--tasks", "cls", "--image-size", "64", "--epochs", "1",
+                         "--max-images", "12", "--workers", "0", "--no-progress", "--device", "cpu",
+                         "--config", str(cfg), "--data-root", str(synthetic_root), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert commands.probe.main(["--weights", str(run / "model.pt"), "--max-images", "12"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert 0.0 <= r["probe_semantic"] <= 1.0
+    model, _ = load_checkpoint(run / "model.pt")
+    x = torch.randn(3, 3, 64, 64)
+    feats, _ = pooled_features(model.eval(), [(x, [TASKS["cls"].target(label=i) for i in range(3)])])
+    torch.testing.assert_close(torch.from_numpy(feats["semantic"]), torch.from_numpy(feats["head"][:, -8:]))
 
 
 @pytest.mark.parametrize("task, why", [("seg", "dense output"), ("det", "dense output"), ("nope", "unknown task")])
