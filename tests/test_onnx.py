@@ -27,10 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint(synthetic_root, tmp_path_factory) -> Path:
-    """A random model with a non-default head width and pooling and non-trivial BatchNorm
-    statistics, so that folding and the exported config both matter."""
+    """A random model with a non-default head width, pooling and fixed semantic channels, and
+    non-trivial BatchNorm statistics, so that folding and the exported config both matter."""
     torch.manual_seed(0)
-    model = create_model(pretrained=False, head_channels=64, pool="lse", pool_sharpness=2.0)
+    model = create_model(pretrained=False, head_channels=64, pool="lse", pool_sharpness=2.0, semantic_channels=16)
     for m in model.backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
