@@ -141,6 +141,8 @@ class FPNNeck(nn.Module):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = conv_norm_relu(out_channels, out_channels, 3, norm, groups, relu)
+        if semantic < 0:
+            raise ValueError(f"semantic_channels must be >= 0, not {semantic}")
         if semantic:
             if semantic > in_channels[-1]:
                 raise ValueError(f"semantic_channels must be at most the deepest map's {in_channels[-1]} "
@@ -181,8 +183,6 @@ class OneHeadNet(nn.Module):
         check_pool(self.cfg.pool)  # at construction, not at the first forward pass
         self.pool = partial(spatial_pool, kind=self.cfg.pool, sharpness=self.cfg.pool_sharpness)
         k = self.cfg.semantic_channels
-        if k < 0:
-            raise ValueError(f"semantic_channels must be >= 0, not {k}")
         self.neck = FPNNeck(bb.channels, self.cfg.neck_channels, self.cfg.norm, self.cfg.groups,
                             self.cfg.neck_relu, semantic=k)
         # channel groups in task-label order, independent of the training order
