@@ -76,13 +76,77 @@ def pooled_features(model, loader, task: str = DEFAULT_TASK) -> tuple[dict[str, 
     return {k: torch.cat(v).float().numpy() for k, v in out.items()}, class_indices(task, targets)
 
 
-def probe_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> float:
+def fit_logistic(train: np.ndarray, y_train: np.ndarray, c: float = 1.0):
+    """The probe: a scaler and a logistic regression (L-BFGS) fitted on standardised features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train)
-    clf = LogisticRegression(max_iter=3000).fit(scaler.transform(train), y_train)
+    return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(train), y_train)
+
+
+def probe_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray) -> float:
+    scaler, clf = fit_logistic(train, y_train)
     return float(clf.score(scaler.transform(val), y_val))
+
+
+@torch.no_grad()
+def output_inputs(model, batches, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global average of the output layer's input for every ``task`` sample of ``batches``
+    (``(x, TaskBatch)`` pairs, x images or cached backbone features) and their class indices."""
+    pooled: list[torch.Tensor] = []
+    hook = model.head[-1].register_forward_pre_hook(lambda m, args: pooled.append(args[0].mean((2, 3))))
+    feats, labels = [], []
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        for x, y in batches:
+            if task not in y:
+                continue
+            pooled.clear()
+            model(x.to(device))
+            feats.append(pooled[0][y[task].index.to(device)].float().cpu())
+            labels.append(y[task].target.cpu())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    if not feats:
+        raise ValueError(f"no {task} sample to fit the {task} output channels on")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_output_rows(model, batches, task: str, c: float = 1.0) -> dict[str, Any]:
+    """Set ``task``'s rows of the output layer to the optimum of a logistic regression on the
+    global average of that layer's input: the model's own logits are then exactly the fitted
+    regression's (under the default mean pooling an image-level output is a linear map of that
+    average, so the scaler folds into the weights).  Linear probe, then fine-tune (Kumar et al.,
+    ICLR 2022), with the probe solved instead of approximated by SGD epochs.  Returns what was
+    fitted on (samples, features, classes, training accuracy)."""
+    check_probed_task(task)
+    if model.cfg.pool != "mean":
+        raise ValueError(f"a logistic fit of {task}'s output channels needs the mean pooling "
+                         f"(its logits are then linear in the pooled features), not pool {model.cfg.pool!r}")
+    x, y = output_inputs(model, batches, task)
+    x, y = x.double().numpy(), y.numpy()
+    scaler, clf = fit_logistic(x, y, c)
+    scale = scaler.scale_
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row, the logit of the second
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = coef / scale
+    bias = intercept - weight @ scaler.mean_
+    rows = model.output_slices()[task]
+    layer = model.head[-1]
+    n_rows = rows.stop - rows.start
+    w = torch.zeros(n_rows, layer.in_channels, dtype=torch.float64)
+    b = torch.full((n_rows,), float(bias.min()) - 10.0, dtype=torch.float64)  # classes never seen: never chosen
+    w[clf.classes_] = torch.from_numpy(weight)
+    b[clf.classes_] = torch.from_numpy(bias)
+    with torch.no_grad():
+        layer.weight[rows] = w[:, :, None, None].to(layer.weight)
+        layer.bias[rows] = b.to(layer.bias)
+    return {"samples": int(len(y)), "features": int(x.shape[1]), "classes": int(len(clf.classes_)),
+            "train_accuracy": float(clf.score(scaler.transform(x), y))}
 
 
 def probe_checkpoint(weights: str | Path, data_root: str | Path | None = None, batch: int = 16,

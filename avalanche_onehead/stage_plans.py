@@ -28,6 +28,7 @@ from .settings import from_known_fields
 
 PARTS = ("backbone", "neck", "head", "output")
 TASK_OUTPUT = "task_output"  # a plan's only part: the stage's own output channels
+SOLVERS = ("sgd", "logistic")
 
 
 @dataclass
@@ -45,6 +46,12 @@ class StagePlan:
     # the run's remedies that act in this stage (None: all of them); the others only keep their
     # records for the stages after (EWC's Fisher, the bases of gradient projection, the teacher)
     remedies: list[str] | None = None
+    # how a ``task_output`` stage fits its rows: "sgd" (its epochs of the run's optimizer) or
+    # "logistic" (a logistic regression on the pooled input of the output layer, solved to its
+    # optimum by L-BFGS and folded into the rows: no epochs at all; ``probe.fit_output_rows``)
+    solver: str = "sgd"
+    # the logistic regression's inverse L2 strength, on standardised features (scikit-learn's C)
+    logistic_c: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.train if p not in PARTS]
@@ -60,6 +67,13 @@ class StagePlan:
             raise ValueError(f"stage plan 'remedies' must be a list of remedy names (got {self.remedies!r})")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"stage plan 'head_warmup_epochs' must be >= 0 (got {self.head_warmup_epochs})")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"stage plan 'solver' must be one of {', '.join(SOLVERS)} (got {self.solver!r})")
+        if self.solver == "logistic" and not self.own_output_only:
+            raise ValueError(f"stage plan 'solver': \"logistic\" fits only the stage's own output channels: it needs "
+                             f"\"train\": [\"{TASK_OUTPUT}\"] (got {self.train!r})")
+        if not self.logistic_c > 0:
+            raise ValueError(f"stage plan 'logistic_c' must be > 0 (got {self.logistic_c})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StagePlan":
@@ -79,10 +93,14 @@ class StagePlan:
         return ["output"] if self.own_output_only else list(self.train)
 
     def warmup_epochs(self, stage_epochs: int) -> int:
-        """How many of the stage's epochs fit only its own output channels."""
+        """How many of the stage's epochs fit only its own output channels (by SGD)."""
+        if self.solver == "logistic":
+            return 0
         return stage_epochs if self.own_output_only else self.head_warmup_epochs
 
     def describe(self) -> str:
+        if self.solver == "logistic":
+            return "its own output channels only, as a logistic regression (L-BFGS)"
         return "its own output channels only" if self.own_output_only else ", ".join(self.train)
 
     def acting(self, strategy_names: list[str]) -> list[str]:
@@ -194,3 +212,26 @@ class HeadWarmup(SupervisedPlugin):
         # the warm-up (the next epoch, or the remedies' end-of-experience work such as EWC's Fisher)
         if strategy.clock.train_exp_epochs + 1 >= self.epochs:
             self._release()
+
+
+class LogisticFit(SupervisedPlugin):
+    """A ``"solver": "logistic"`` stage: before its first epoch, the stage's own output rows are
+    set to the optimum of a logistic regression on the pooled input of the output layer, over
+    the stage's training data (every cached view), and the stage's epochs are skipped
+    (Avalanche's early stop).  Algorithm: :func:`~avalanche_onehead.probe.fit_output_rows`."""
+
+    def __init__(self, task: str, c: float, log=print):
+        super().__init__()
+        self.task, self.c, self.log = task, c, log
+        self.fitted: dict[str, Any] | None = None
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        from .probe import fit_output_rows
+
+        if self.fitted is None:
+            batches = ((mb[0], mb[1]) for mb in strategy.dataloader)
+            self.fitted = fit_output_rows(strategy.model, batches, self.task, self.c)
+            self.log(f"   fitted {self.task}'s output channels: logistic regression (C={self.c:g}) on "
+                     f"{self.fitted['samples']} views x {self.fitted['features']} pooled features, "
+                     f"train accuracy {self.fitted['train_accuracy']:.3f}")
+        strategy.stop_training()

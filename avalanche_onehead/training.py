@@ -39,7 +39,7 @@ from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
 from .plugins import EpochCheckpoint, StageEMA, StageProgress, TensorboardExtras, WarmupCosinePlugin
 from .run_folder import RunFolder, empty_progress
-from .stage_plans import HeadWarmup, StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
+from .stage_plans import HeadWarmup, LogisticFit, StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
 from .settings import from_known_fields, setting
 from .tasks import DEFAULT_ORDER, TASKS
 
@@ -401,8 +401,9 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     seed_everything(stage_seed(cfg.seed, i))
     plan = built.plans.get(task, StagePlan())
     warmup_epochs = plan.warmup_epochs(strategy.train_epochs)
-    log(f"== stage {i + 1}/{len(built.stages)}: {task} ({strategy.train_epochs} epoch"
-        f"{'s' if strategy.train_epochs != 1 else ''}; trains {plan.describe()}"
+    epochs = ("no epochs" if plan.solver == "logistic"
+              else f"{strategy.train_epochs} epoch{'s' if strategy.train_epochs != 1 else ''}")
+    log(f"== stage {i + 1}/{len(built.stages)}: {task} ({epochs}; trains {plan.describe()}"
         + (f"; first {warmup_epochs} fit only its output channels"
            if warmup_epochs and not plan.own_output_only else "")
         + (f"; weight EMA {plan.ema_decay:g}" if plan.ema_decay else "")
@@ -419,6 +420,8 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     strategy.optimized_param_id = None
     warmup = ([HeadWarmup(warmup_epochs, model.output_slices()[task])]
               if warmup_epochs and task in model.output_slices() else [])
+    if plan.solver == "logistic":
+        warmup.append(LogisticFit(task, plan.logistic_c, log))
     strategy.plugins.extend(warmup)
     ema = StageEMA(plan.ema_decay) if plan.ema_decay else None
     if ema is not None:  # first: the stage's end must see the averaged weights

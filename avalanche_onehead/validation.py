@@ -274,7 +274,7 @@ def _model_rules() -> Rule:
 
 
 def _plan_rules() -> Rule:
-    from .stage_plans import PARTS, TASK_OUTPUT, StagePlan
+    from .stage_plans import PARTS, SOLVERS, TASK_OUTPUT, StagePlan
 
     def names(v):
         if not isinstance(v, list) or any(not isinstance(n, str) for n in v):
@@ -287,10 +287,17 @@ def _plan_rules() -> Rule:
                              f"or [\"{TASK_OUTPUT}\"] alone, not {_show(v)}")
         return v
 
-    return task_map(settings_of(StagePlan, {
+    each_field = settings_of(StagePlan, {
         "train": parts, "lr": optional(number(0, above=True)), "backbone_lr_mult": optional(number(0)),
         "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999),
-        "remedies": optional(names)}))
+        "remedies": optional(names), "solver": text(SOLVERS), "logistic_c": number(0, above=True)})
+
+    def plan(v):
+        each_field(v)
+        StagePlan.from_dict(v)  # the checks across fields (a logistic solver needs ["task_output"])
+        return v
+
+    return task_map(plan)
 
 
 def remedy_rules() -> dict[str, Rule]:
