@@ -127,7 +127,10 @@ def fit_output_rows(model, batches, task: str, c: float = 1.0) -> dict[str, Any]
         raise ValueError(f"a logistic fit of {task}'s output channels needs the mean pooling "
                          f"(its logits are then linear in the pooled features), not pool {model.cfg.pool!r}")
     x, y = output_inputs(model, batches, task)
-    x, y = x.double().numpy(), y.numpy()
+    layer = model.head[-1]
+    rows = model.output_slices()[task]
+    reads = layer.reads(rows) if hasattr(layer, "reads") else torch.ones(x.shape[1], dtype=torch.bool)
+    x, y = x[:, reads].double().numpy(), y.numpy()
     scaler, clf = fit_logistic(x, y, c)
     scale = scaler.scale_
     coef, intercept = clf.coef_, clf.intercept_
@@ -135,12 +138,10 @@ def fit_output_rows(model, batches, task: str, c: float = 1.0) -> dict[str, Any]
         coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
     weight = coef / scale
     bias = intercept - weight @ scaler.mean_
-    rows = model.output_slices()[task]
-    layer = model.head[-1]
     n_rows = rows.stop - rows.start
     w = torch.zeros(n_rows, layer.in_channels, dtype=torch.float64)
     b = torch.full((n_rows,), float(bias.min()) - 10.0, dtype=torch.float64)  # classes never seen: never chosen
-    w[clf.classes_] = torch.from_numpy(weight)
+    w[torch.as_tensor(clf.classes_)[:, None], reads.nonzero()[:, 0][None]] = torch.from_numpy(weight)
     b[clf.classes_] = torch.from_numpy(bias)
     with torch.no_grad():
         layer.weight[rows] = w[:, :, None, None].to(layer.weight)

@@ -186,6 +186,18 @@ def order(v: Any) -> list[str]:
     return parse_tasks(v)
 
 
+def task_names(v: Any) -> list[str]:
+    """A list of known task names (it may be empty)."""
+    from .tasks import TASKS
+
+    if not isinstance(v, list) or any(not isinstance(t, str) for t in v):
+        raise ValueError(f"must be a list of task names, not {_show(v)}")
+    unknown = [t for t in v if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; known: {', '.join(TASKS)}")
+    return v
+
+
 def backbone(v: Any) -> str:
     import timm
 
@@ -265,7 +277,7 @@ def _model_rules() -> Rule:
     rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(*challenge_rules.HEAD_LAYERS),
              "norm": text(("none", "gn", "bn")), "groups": whole(1), "init": text(("dirac", "default")),
              "freeze_backbone_bn": boolean, "neck_relu": boolean, "head_residual": boolean,
-             "semantic_channels": whole(0),
+             "semantic_channels": whole(0), "semantic_readers": optional(task_names),
              "pool": text(POOLS), "pool_sharpness": number(0, above=True),
              "num_classes": task_map(whole(1))}
     return settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
