@@ -280,9 +280,17 @@ def _model_rules() -> Rule:
              "semantic_channels": whole(0), "semantic_readers": optional(task_names),
              "pool": text(POOLS), "pool_sharpness": number(0, above=True),
              "num_classes": task_map(whole(1))}
-    return settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
-                       refuse={k: "is a run setting: give it at the top level (or as a flag), not under 'model'"
-                               for k in ("backbone", "pretrained")})
+    each_field = settings_of(ModelConfig, rules, nested={"detection": (DetectionConfig, det)},
+                             refuse={k: "is a run setting: give it at the top level (or as a flag), not under 'model'"
+                                     for k in ("backbone", "pretrained")})
+
+    def model(v):
+        each_field(v)
+        if v.get("semantic_readers") is not None and not v.get("semantic_channels"):
+            raise FieldError("semantic_readers", ValueError("needs semantic_channels > 0 (there is nothing to read)"))
+        return v
+
+    return model
 
 
 def _plan_rules() -> Rule:

@@ -120,6 +120,9 @@ BAD_CONFIGS = [
     ({"model": {"detection": {"center_fraction": -0.1}}}, "'model.detection.center_fraction'"),
     ({"model": {"semantic_channels": -1}}, "'model.semantic_channels'"),
     ({"model": {"semantic_channels": 1.5}}, "'model.semantic_channels'"),
+    ({"model": {"semantic_channels": 8, "semantic_readers": ["depth"]}}, "'model.semantic_readers'"),
+    ({"model": {"semantic_channels": 8, "semantic_readers": "cls"}}, "'model.semantic_readers'"),
+    ({"model": {"semantic_readers": ["cls"]}}, "'model.semantic_readers'"),
 ]
 
 

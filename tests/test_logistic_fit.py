@@ -125,3 +125,22 @@ def test_a_logistic_stage_moves_only_its_rows_and_runs_no_epoch(synthetic_root, 
     log = capsys.readouterr().out
     assert "cls (no epochs; trains its own output channels only, as a logistic regression (L-BFGS)" in log
     assert "fitted cls's output channels: logistic regression (C=1) on 32 views" in log
+
+
+def test_a_logistic_fit_reads_only_the_channels_its_rows_may_read():
+    """With semantic_readers=["seg"], classification's rows never read the semantic channels: the
+    regression is fitted on the trained channels alone and the closed weights stay 0."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, semantic_channels=16, semantic_readers=["seg"])
+    batches = _batches(3, 6, classes=model.cfg.num_classes["cls"])
+    fitted = fit_output_rows(model, batches, "cls")
+    last, rows = model.head[-1], model.output_slices()["cls"]
+    assert fitted["features"] == last.in_channels - 16
+    assert not last.weight[rows, -16:].any()
+    x, y = output_inputs(model, batches, "cls")
+    scaler, clf = fit_logistic(x[:, :-16].double().numpy(), y.numpy())
+    model.eval()
+    with torch.no_grad():
+        got = torch.cat([model(b[0])["cls"] for b in batches]).numpy()
+    np.testing.assert_allclose(got[:, clf.classes_], clf.decision_function(scaler.transform(x[:, :-16].double().numpy())),
+                               rtol=1e-3, atol=1e-3)

@@ -443,3 +443,53 @@ def test_semantic_channels_bad_values_are_refused():
         create_model(pretrained=False, semantic_channels=-1)
     with pytest.raises(ValueError, match="at most the deepest map's 320 channels"):
         create_model(pretrained=False, semantic_channels=321)
+
+
+def test_semantic_readers_keep_the_other_tasks_off_the_semantic_channels(tmp_path):
+    """semantic_readers=["cls"]: the hidden convs read only the trained channels and only
+    classification's output rows read the semantic ones, so changing the fixed projection moves
+    the classification logits and nothing else; the closed weights get no gradient, stay 0
+    through training, a checkpoint and the folded inference copy."""
+    from avalanche_onehead.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["cls"]).eval()
+    assert [layer.layer[0].in_channels for layer in list(model.head)[:-1]] == [96, 96]
+    last, rows = model.head[-1], model.output_slices()
+    assert last.in_channels == 96 + 8 and last.reads(rows["cls"]).all()
+    assert not last.reads(rows["det"])[-8:].any() and last.reads(rows["seg"])[:-8].all()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    want = model(x)
+    with torch.no_grad():
+        model.neck.semantic_projection.mul_(-1)
+    got = model(x)
+    torch.testing.assert_close(got["seg"], want["seg"])
+    torch.testing.assert_close(got["det"], want["det"])
+    assert not torch.allclose(got["cls"], want["cls"])
+
+    model.train()
+    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        loss = sum(v.square().mean() for v in model(x).values())
+        opt.zero_grad()
+        loss.backward()
+        assert not last.weight.grad[rows["det"], -8:].any() and last.weight.grad[rows["cls"], -8:].any()
+        opt.step()
+    opt.zero_grad()
+    closed = last.read_mask == 0
+    assert closed.any() and not last.weight[closed].any()
+    model.eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, classes={}, image_size=SIZE)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.cfg.semantic_readers == ["cls"]
+    for t in ("seg", "det", "cls"):
+        torch.testing.assert_close(loaded(x)[t], model(x)[t])
+        torch.testing.assert_close(model.for_inference()(x)[t], model(x)[t], rtol=1e-4, atol=1e-4)
+
+
+def test_semantic_readers_bad_values_are_refused():
+    with pytest.raises(ValueError, match="semantic_readers needs semantic_channels > 0"):
+        create_model(pretrained=False, semantic_readers=["cls"])
+    with pytest.raises(ValueError, match="unknown task"):
+        create_model(pretrained=False, semantic_channels=8, semantic_readers=["depth"])

@@ -27,10 +27,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint(synthetic_root, tmp_path_factory) -> Path:
-    """A random model with a non-default head width, pooling and fixed semantic channels, and
+    """A random model with a non-default head width, pooling and fixed semantic channels read by
+    segmentation and classification only (a row-masked output layer), and
     non-trivial BatchNorm statistics, so that folding and the exported config both matter."""
     torch.manual_seed(0)
-    model = create_model(pretrained=False, head_channels=64, pool="lse", pool_sharpness=2.0, semantic_channels=16)
+    model = create_model(pretrained=False, head_channels=64, pool="lse", pool_sharpness=2.0, semantic_channels=16,
+                         semantic_readers=["seg", "cls"])
     for m in model.backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
