@@ -20,6 +20,7 @@ from avalanche_onehead.model import create_model
 from avalanche_onehead.stage_plans import StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
 from avalanche_onehead.targets import collate_onehead
 from benchmarks import JointTransform, load_split
+from stage_checks import assert_only_own_rows_moved
 
 SIZE = 64
 FROZEN = {"train": ["neck", "head", "output"]}
@@ -169,17 +170,7 @@ def test_a_task_output_stage_moves_only_its_own_output_channels_in_every_epoch(s
     assert commands.run.main(
         ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "8",
          "--image-size", str(SIZE), "--workers", "0", "--no-progress", "--out", str(out)]) == 0
-    before = read_checkpoint(out / "stage1_seg.pt")["state_dict"]
-    after = read_checkpoint(out / "stage2_det.pt")["state_dict"]
-    model = create_model(pretrained=False)
-    det, last = model.output_slices()["det"], f"head.{len(model.head) - 1}."
-    for name, w in before.items():
-        if name.startswith(last):
-            rows = torch.zeros(w.shape[0], dtype=torch.bool)
-            rows[det] = True
-            assert torch.equal(w[~rows], after[name][~rows]) and not torch.equal(w[rows], after[name][rows]), name
-        else:
-            assert torch.equal(w, after[name]), name
+    assert_only_own_rows_moved(out / "stage1_seg.pt", out / "stage2_det.pt", "det")
     m = json.loads((out / "metrics.json").read_text())
     assert m["matrix"][1][0] == m["matrix"][0][0] and m["plan"]["det"]["train"] == ["task_output"]
     # nothing earlier can move, so neither EWC's penalty nor LwF's teacher pass is paid
