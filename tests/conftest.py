@@ -83,11 +83,12 @@ def one_thread():
 
 @pytest.fixture
 def open_default_recipe() -> dict:
-    """experiments/configs/default.json with no stage plan naming its remedies (so every remedy
-    of the strategy acts in every stage): the base the remedy-placement tests build on.  A fresh
-    copy per test, free to edit."""
+    """experiments/configs/frozen.json (the frozen-feature recipe, whose every stage moves the
+    shared layers; the default's classification stage moves only its own rows, so no remedy acts
+    there) with no stage plan naming its remedies (so every remedy of the strategy acts in every
+    stage): the base the remedy-placement tests build on.  A fresh copy per test, free to edit."""
     import json
 
-    recipe = json.loads((REPO_ROOT / "experiments" / "configs" / "default.json").read_text())
+    recipe = json.loads((REPO_ROOT / "experiments" / "configs" / "frozen.json").read_text())
     recipe["plan"] = {t: {k: v for k, v in p.items() if k != "remedies"} for t, p in recipe["plan"].items()}
     return recipe
