@@ -131,23 +131,28 @@ def fit_output_rows(model, batches, task: str, c: float = 1.0) -> dict[str, Any]
     rows = model.output_slices()[task]
     reads = layer.reads(rows) if hasattr(layer, "reads") else torch.ones(x.shape[1], dtype=torch.bool)
     x, y = x[:, reads].double().numpy(), y.numpy()
-    scaler, clf = fit_logistic(x, y, c)
-    scale = scaler.scale_
-    coef, intercept = clf.coef_, clf.intercept_
-    if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row, the logit of the second
-        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    weight = coef / scale
-    bias = intercept - weight @ scaler.mean_
+    classes = np.unique(y)
+    if len(classes) < 2:  # a smoke run's few images: no regression to fit, the one class always wins
+        weight, bias = np.zeros((1, x.shape[1])), np.zeros(1)
+        accuracy = 1.0
+    else:
+        scaler, clf = fit_logistic(x, y, c)
+        coef, intercept = clf.coef_, clf.intercept_
+        if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row, the logit of the second
+            coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+        weight = coef / scaler.scale_
+        bias = intercept - weight @ scaler.mean_
+        accuracy = float(clf.score(scaler.transform(x), y))
     n_rows = rows.stop - rows.start
     w = torch.zeros(n_rows, layer.in_channels, dtype=torch.float64)
     b = torch.full((n_rows,), float(bias.min()) - 10.0, dtype=torch.float64)  # classes never seen: never chosen
-    w[torch.as_tensor(clf.classes_)[:, None], reads.nonzero()[:, 0][None]] = torch.from_numpy(weight)
-    b[clf.classes_] = torch.from_numpy(bias)
+    w[torch.as_tensor(classes)[:, None], reads.nonzero()[:, 0][None]] = torch.from_numpy(weight)
+    b[classes] = torch.from_numpy(bias)
     with torch.no_grad():
         layer.weight[rows] = w[:, :, None, None].to(layer.weight)
         layer.bias[rows] = b.to(layer.bias)
-    return {"samples": int(len(y)), "features": int(x.shape[1]), "classes": int(len(clf.classes_)),
-            "train_accuracy": float(clf.score(scaler.transform(x), y))}
+    return {"samples": int(len(y)), "features": int(x.shape[1]), "classes": int(len(classes)),
+            "train_accuracy": accuracy}
 
 
 def probe_checkpoint(weights: str | Path, data_root: str | Path | None = None, batch: int = 16,
