@@ -6,6 +6,7 @@ import avalanche_onehead.commands.probe
 from avalanche_onehead import commands
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ def test_probe_accuracy_separates_separable_features_and_not_noise():
 
 def test_probe_cli_on_a_tiny_run(tmp_path, synthetic_root, run_cli, capsys):
     run = tmp_path / "run"
-    assert run_cli.main(["--strategy", "naive", "--tasks", "cls", "--image-size", "64", "--epochs", "1",
-                         "--max-images", "12", "--workers", "0", "--no-progress", "--device", "cpu",
+    frozen = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "frozen.json"  # no semantic channels
+    assert run_cli.main(["--config", str(frozen), "--strategy", "naive", "--tasks", "cls", "--image-size", "64",
+                         "--epochs", "1", "--max-images", "12", "--workers", "0", "--no-progress", "--device", "cpu",
                          "--data-root", str(synthetic_root), "--out", str(run)]) == 0
     capsys.readouterr()
     assert commands.probe.main(["--weights", str(run / "model.pt"), "--max-images", "12"]) == 0
