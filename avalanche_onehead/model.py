@@ -247,11 +247,9 @@ class OneHeadNet(nn.Module):
         if readers is None:
             return nn.Conv2d(cin, cout, 1)
         mask = torch.ones(cout, cin)
-        start = 0
-        for t, n in zip(self.task_order, self.splits):
+        for t, rows in self.output_slices().items():
             if t not in readers:
-                mask[start:start + n, cin - k:] = 0
-            start += n
+                mask[rows, cin - k:] = 0
         return RowMaskedConv(cin, cout, mask)
 
     def _init_identity(self) -> None:

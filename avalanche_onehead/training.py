@@ -418,11 +418,12 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     strategy.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay,
                                                         cfg.output_lr_mult, plan))
     strategy.optimized_param_id = None
-    warmup = ([HeadWarmup(warmup_epochs, model.output_slices()[task])]
-              if warmup_epochs and task in model.output_slices() else [])
+    # what the plan adds to this stage alone: the head warm-up, or the logistic fit of its rows
+    stage_plugins = ([HeadWarmup(warmup_epochs, model.output_slices()[task])]
+                     if warmup_epochs and task in model.output_slices() else [])
     if plan.solver == "logistic":
-        warmup.append(LogisticFit(task, plan.logistic_c, log))
-    strategy.plugins.extend(warmup)
+        stage_plugins.append(LogisticFit(task, plan.logistic_c, log))
+    strategy.plugins.extend(stage_plugins)
     ema = StageEMA(plan.ema_decay) if plan.ema_decay else None
     if ema is not None:  # first: the stage's end must see the averaged weights
         strategy.plugins.insert(0, ema)
@@ -432,8 +433,8 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
         strategy.train(exp, reset_optimizer_state=True, drop_last=stage_size(exp) >= cfg.batch_size,
                        **built.loader_kw)
     finally:
-        for w in warmup:
-            strategy.plugins.remove(w)
+        for plugin in stage_plugins:
+            strategy.plugins.remove(plugin)
         if ema is not None:
             strategy.plugins.remove(ema)
             del built.epoch_state.parts["ema"]

@@ -188,13 +188,9 @@ def order(v: Any) -> list[str]:
 
 def task_names(v: Any) -> list[str]:
     """A list of known task names (it may be empty)."""
-    from .tasks import TASKS
-
     if not isinstance(v, list) or any(not isinstance(t, str) for t in v):
         raise ValueError(f"must be a list of task names, not {_show(v)}")
-    unknown = [t for t in v if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; known: {', '.join(TASKS)}")
+    _known_tasks(v)
     return v
 
 
