@@ -428,10 +428,12 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     if ema is not None:  # first: the stage's end must see the averaged weights
         strategy.plugins.insert(0, ema)
         built.epoch_state.parts["ema"] = ema
-    # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs)
+    # drop the last partial batch, unless that would leave no batch at all (tiny smoke runs);
+    # the passes compute only the outputs the stage trains or holds
     try:
-        strategy.train(exp, reset_optimizer_state=True, drop_last=stage_size(exp) >= cfg.batch_size,
-                       **built.loader_kw)
+        with model.producing(stage_outputs(built.stages, i)):
+            strategy.train(exp, reset_optimizer_state=True, drop_last=stage_size(exp) >= cfg.batch_size,
+                           **built.loader_kw)
     finally:
         for plugin in stage_plugins:
             strategy.plugins.remove(plugin)
@@ -442,6 +444,14 @@ def train_stage(built: BuiltRun, i: int, mid: dict | None, progress: dict[str, A
     loss = last_epoch_loss(strategy, task)
     if loss is not None:
         progress["last_epoch_loss"][task] = loss
+
+
+def stage_outputs(stages: list[tuple[str, Any, int]], i: int) -> list[str] | None:
+    """The outputs stage ``i`` reads: its own task's and those of the tasks before it (distilled,
+    replayed or held); every output for the joint stage.  A later task's untrained outputs are
+    not computed."""
+    tasks = [task for task, _, _ in stages[: i + 1]]
+    return tasks if all(t in TASKS for t in tasks) else None
 
 
 def last_epoch_loss(strategy, task: str) -> float | None:
@@ -597,7 +607,8 @@ def preview_figure(model: OneHeadNet, stream, cfg: RunConfig):
     from .figures import prediction_figure
 
     tf = JointTransform(cfg.image_size, train=False, mean=model.mean, std=model.std)
-    return prediction_figure(model, stream.test_sets, stream.classes, tf, per_task=4)
+    with model.producing(None):  # drawn at the end of a stage, whose passes compute fewer outputs
+        return prediction_figure(model, stream.test_sets, stream.classes, tf, per_task=4)
 
 
 def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg: RunConfig, log):

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from avalanche_onehead.training import RunConfig, stage_plan
+from avalanche_onehead.training import RunConfig, stage_outputs, stage_plan
 
 
 def test_joint_stage_plan_sees_as_many_images_as_the_sequential_run():
@@ -16,6 +16,13 @@ def test_joint_stage_plan_sees_as_many_images_as_the_sequential_run():
     assert name == "joint" and exps == ["e0", "e1", "e2"] and epochs == 5  # (8 + 6 + 1) / 3
     seq = stage_plan(RunConfig(epochs={"seg": 8, "det": 6, "cls": 1}), ["e0", "e1", "e2"])
     assert [(n, e) for n, _, e in seq] == [("seg", 8), ("det", 6), ("cls", 1)]
+
+
+def test_a_stage_computes_the_outputs_of_its_task_and_the_tasks_before_it():
+    seq = stage_plan(RunConfig(order=["det", "seg", "cls"]), ["e0", "e1", "e2"])
+    assert [stage_outputs(seq, i) for i in range(3)] == [["det"], ["det", "seg"], ["det", "seg", "cls"]]
+    joint = stage_plan(RunConfig(joint=True), ["e0", "e1", "e2"])
+    assert stage_outputs(joint, 0) is None  # one stage of every task: every output
 
 
 def test_joint_run_writes_one_row_for_every_task(synthetic_root, run_cli, tmp_path, one_thread):

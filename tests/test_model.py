@@ -1,6 +1,8 @@
 """The one-head network: shapes, rules, pretrained weights, BN freezing, predict, criterion."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -384,15 +386,18 @@ def test_semantic_channels_carry_a_fixed_projection_of_the_deepest_map_to_the_ou
     model = create_model(pretrained=False, semantic_channels=12).eval()
     taps = {}
     model.head[-2].register_forward_hook(lambda m, i, o: taps.__setitem__("hidden", o))
+    model.neck.register_forward_hook(lambda m, i, o: taps.__setitem__("neck", o))
     x = torch.randn(2, 3, SIZE, SIZE)
     out = model(x)
     deepest = model.backbone(x)[-1]
     w = model.neck.semantic_projection.flatten(1)
     torch.testing.assert_close(w @ w.T, torch.eye(12), rtol=0, atol=1e-5)  # orthonormal rows
     expected = nn.functional.interpolate(torch.einsum("kc,bchw->bkhw", w, deepest), size=(8, 8), mode="nearest")
-    torch.testing.assert_close(out.features[:, -12:], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(taps["neck"][:, -12:], expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(taps["hidden"][:, -12:], expected, rtol=1e-4, atol=1e-4)
-    assert out.features.shape[1] == 96 + 12 and taps["hidden"].shape[1] == 96 + 12
+    assert taps["neck"].shape[1] == 96 + 12 and taps["hidden"].shape[1] == 96 + 12
+    # the features feature distillation holds are the trained channels alone
+    torch.testing.assert_close(out.features, taps["neck"][:, :96])
     assert model.head[-1].in_channels == 96 + 12
     # the projection is a buffer, counted with the neck's weights, and no optimizer sees it
     assert "neck.semantic_projection" in model.state_dict()
@@ -417,7 +422,10 @@ def test_semantic_channels_survive_training_and_a_checkpoint(tmp_path):
     before = model.neck.semantic_projection.clone()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     x = torch.randn(2, 3, SIZE, SIZE)
-    carried = model(x).features[:, -8:].detach()
+    neck_out = []
+    model.neck.register_forward_hook(lambda m, i, o: neck_out.append(o.detach()))
+    model(x)
+    carried = neck_out[-1][:, -8:]
     for _ in range(2):
         out = model(x)
         loss = sum(v.square().mean() for v in out.values())
@@ -425,9 +433,9 @@ def test_semantic_channels_survive_training_and_a_checkpoint(tmp_path):
         loss.backward()
         opt.step()
     assert torch.equal(model.neck.semantic_projection, before)
-    after = model(x)
-    torch.testing.assert_close(after.features[:, -8:], carried)
-    assert not torch.allclose(after.features[:, :-8], out.features[:, :-8].detach())
+    model(x)
+    torch.testing.assert_close(neck_out[-1][:, -8:], carried)
+    assert not torch.allclose(neck_out[-1][:, :-8], neck_out[-2][:, :-8])
     model.eval()
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, classes={}, image_size=SIZE)
@@ -493,3 +501,55 @@ def test_semantic_readers_bad_values_are_refused():
         create_model(pretrained=False, semantic_readers=["cls"])
     with pytest.raises(ValueError, match="unknown task"):
         create_model(pretrained=False, semantic_channels=8, semantic_readers=["depth"])
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_pass_producing_only_non_readers_skips_the_semantic_channels(residual):
+    """Within ``producing(["seg", "det"])`` a model whose semantic channels only classification
+    reads returns seg and det alone, computed without the semantic channels (the neck emits its
+    trained channels only), with the full pass's values and gradients; once a reader is among the
+    tasks (or outside the context) the pass is the full one."""
+    torch.manual_seed(0)
+    kw = {"head_residual": True, "neck_relu": False} if residual else {}
+    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["cls"], **kw).train()
+    widths = []
+    model.neck.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    x = torch.randn(2, 3, SIZE, SIZE)
+
+    def step(tasks):
+        model.zero_grad()
+        with model.producing(tasks):
+            out = model(x)
+        loss = sum(out[t].square().mean() for t in ("seg", "det"))
+        loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = step(None)
+    lean, lean_grads = step(["seg", "det"])
+    assert widths == [96 + 8, 96] and set(lean) == {"seg", "det"} and set(full) == {"seg", "det", "cls"}
+    assert model.only_outputs is None  # the context restores the setting
+    for t in ("seg", "det"):
+        torch.testing.assert_close(lean[t], full[t], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lean.features, full.features)
+    assert lean_grads.keys() == full_grads.keys()
+    for name, g in full_grads.items():
+        torch.testing.assert_close(lean_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+    with model.producing(["det", "cls"]):
+        out = model(x)
+        teacher = copy.deepcopy(model)  # a copy made within keeps the setting
+    assert widths[-1] == 96 + 8 and set(out) == {"det", "cls"}
+    assert teacher.only_outputs == ("det", "cls") and model.only_outputs is None
+
+
+def test_a_pass_producing_some_tasks_of_a_model_every_layer_of_which_reads_the_semantic_channels():
+    """Without ``semantic_readers`` every layer reads the semantic channels: a pass producing
+    some tasks returns only theirs and still computes them all the way."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, semantic_channels=8).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with model.producing(["seg"]):
+        assert not model.semantic_idle()
+        out = model(x)
+    assert set(out) == {"seg"}
+    torch.testing.assert_close(out["seg"], model(x)["seg"])
