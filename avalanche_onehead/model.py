@@ -19,7 +19,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -159,7 +159,11 @@ class RowMaskedConv(nn.Conv2d):
         self.register_buffer("read_mask", read_mask.reshape(cout, cin, 1, 1).float())
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight * self.read_mask, self.bias)
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+    def masked_weight(self) -> Tensor:
+        """The weight the conv applies: what a row never reads is 0."""
+        return self.weight * self.read_mask
 
     def reads(self, rows: slice) -> Tensor:
         """Which input channels the given rows read (bool, per input channel)."""
@@ -169,7 +173,7 @@ class RowMaskedConv(nn.Conv2d):
         """The conv on an input holding only its first ``x.shape[1]`` channels: exact for every row
         whose mask closes the others (the rest of the rows get a meaningless value)."""
         n = x.shape[1]
-        return self._conv_forward(x, (self.weight * self.read_mask)[:, :n], self.bias)
+        return self._conv_forward(x, self.masked_weight()[:, :n], self.bias)
 
 
 class FPNNeck(nn.Module):
@@ -209,6 +213,24 @@ class FPNNeck(nn.Module):
             return x
         s = F.conv2d(feats[-1], self.semantic_projection.to(feats[-1].dtype))
         return torch.cat([x, F.interpolate(s, size=x.shape[-2:], mode="nearest")], 1)
+
+    def semantic_average(self, deepest: Tensor, size: Sequence[int]) -> Tensor:
+        """(B, k): the global average of the semantic channels as :meth:`forward` emits them at
+        the output size ``size`` (h, w), without building them.  The projection is linear and the
+        nearest upsampling repeats each cell of the deepest map a fixed number of times, so the
+        average is the projection of the deepest map's repeat-weighted average: at 512 px, a
+        16 x 16 average instead of 320 channels upsampled to 64 x 64."""
+        h, w = deepest.shape[-2:]
+        weights = nearest_repeats(h, size[0], deepest)[:, None] * nearest_repeats(w, size[1], deepest)[None, :]
+        pooled = (deepest * weights).sum((2, 3)) / (size[0] * size[1])
+        return pooled @ self.semantic_projection.to(pooled.dtype).flatten(1).t()
+
+
+def nearest_repeats(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """How often nearest upsampling from ``n_in`` to ``n_out`` cells repeats each input cell (a
+    float vector like ``like``); read off ``F.interpolate`` itself so it matches it exactly."""
+    source = F.interpolate(torch.arange(n_in, dtype=torch.float32).reshape(1, 1, n_in), size=n_out, mode="nearest")
+    return torch.bincount(source.flatten().long(), minlength=n_in).to(like)
 
 
 class OneHeadNet(nn.Module):
@@ -321,21 +343,28 @@ class OneHeadNet(nn.Module):
             feats = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
         else:
             feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
-        if self.semantic_idle():
+        pooled_readers = self.semantic_pooled_only()
+        if self.semantic_idle() or pooled_readers:
             neck = self.neck(feats, semantic=False)
-            y = neck
-            for layer in self.head[:-1]:
-                y = layer.without_carried(y)
-            y = self.head[-1].first_inputs(y)
+            y = self.head[-1].first_inputs(self._hidden_without_carried(neck))
         else:
             neck = self.neck(feats)
             y = self.head(neck)
         out = OneHeadOutput()
+        semantic, rows = None, self.output_slices()
         for t, part in zip(self.task_order, torch.split(y, self.splits, dim=1)):
             if self.only_outputs is not None and t not in self.only_outputs:
                 continue
-            reduce = TASKS[t].reduce
-            out[t] = reduce(part, self.pool) if reduce else part
+            reduce, pool = TASKS[t].reduce, self.pool
+            if pooled_readers and t in self.cfg.semantic_readers:
+                # the semantic channels' share of the pooled output, added to the pooling of the
+                # trained channels' share: what the full output layer's rows would pool to
+                if semantic is None:
+                    semantic = self.neck.semantic_average(feats[-1], neck.shape[-2:])
+                k = self.neck.semantic_channels
+                term = semantic @ self.head[-1].masked_weight()[rows[t], -k:, 0, 0].t()
+                pool = partial(_plus, self.pool, term)
+            out[t] = reduce(part, pool) if reduce else part
         # the neck's trained channels: what feature distillation and the anchor hold (the fixed
         # semantic channels are the same for every model of a run, and absent from lean passes)
         out.features = neck[:, : self.cfg.neck_channels]
@@ -347,6 +376,47 @@ class OneHeadNet(nn.Module):
         readers = self.cfg.semantic_readers
         return (readers is not None and self.neck.semantic_channels > 0 and self.only_outputs is not None
                 and not set(readers) & set(self.only_outputs))
+
+    def semantic_pooled_only(self) -> bool:
+        """True when only image-level tasks read the semantic channels and they pool by the mean:
+        their pooled outputs are then linear in the global average of the semantic channels,
+        which :meth:`FPNNeck.semantic_average` gives without building the channels at stride 8,
+        so no pass builds them (the same outputs and gradients up to float rounding).  Each such
+        task's ``reduce`` must pool its map with the pooling it is given (classification's does)."""
+        readers = self.cfg.semantic_readers
+        return (readers is not None and self.neck.semantic_channels > 0 and self.cfg.pool == "mean"
+                and all(TASKS[t].reduce is not None for t in readers))
+
+    def _hidden_without_carried(self, neck: Tensor) -> Tensor:
+        """The hidden head layers' own channels from the neck's trained channels (a model whose
+        hidden convs do not read the semantic channels)."""
+        y = neck
+        for layer in self.head[:-1]:
+            y = layer.without_carried(y)
+        return y
+
+    @torch.no_grad()
+    def global_averages(self, x: Tensor | BackboneFeatures) -> dict[str, Tensor]:
+        """Global averages (B, channels) of the backbone's deepest map (``backbone``), the neck's
+        output (``neck``), the last hidden layer's output, i.e. the output layer's input
+        (``head``), and the semantic channels if any (``semantic``; in ``neck`` and ``head``
+        they are the last channels): what the linear probes and the logistic read-out fit on."""
+        if isinstance(x, BackboneFeatures):
+            feats = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
+        else:
+            feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        out = {"backbone": feats[-1].mean((2, 3))}
+        if self.cfg.semantic_readers is None or not self.neck.semantic_channels:
+            neck = self.neck(feats)
+            out["neck"], out["head"] = neck.mean((2, 3)), self.head[:-1](neck).mean((2, 3))
+        else:
+            neck = self.neck(feats, semantic=False)
+            semantic = self.neck.semantic_average(feats[-1], neck.shape[-2:])
+            out["neck"] = torch.cat([neck.mean((2, 3)), semantic], 1)
+            out["head"] = torch.cat([self._hidden_without_carried(neck).mean((2, 3)), semantic], 1)
+        if self.neck.semantic_channels:
+            out["semantic"] = out["neck"][:, -self.neck.semantic_channels:]
+        return out
 
     @contextmanager
     def producing(self, tasks: Sequence[str] | None) -> Iterator[OneHeadNet]:
@@ -394,6 +464,11 @@ class OneHeadNet(nn.Module):
         the original size, "cls": class probabilities}``.  ``original_sizes`` are (h, w)."""
         return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.task_settings,
                             tasks or self.task_order)
+
+
+def _plus(pool: Callable[[Tensor], Tensor], term: Tensor, x: Tensor) -> Tensor:
+    """``pool(x) + term``: a pooling with a precomputed share added (picklable, unlike a lambda)."""
+    return pool(x) + term
 
 
 def fold_batchnorm(module: nn.Module) -> int:

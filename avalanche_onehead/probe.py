@@ -53,26 +53,14 @@ def class_indices(task: str, targets: list[Any]) -> np.ndarray:
 def pooled_features(model, loader, task: str = DEFAULT_TASK) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Global averages of the three probed layers, the model's output for ``task`` and the
     class index of every image."""
-    taps: dict[str, torch.Tensor] = {}
-    hooks = [model.neck.register_forward_hook(lambda m, i, o: taps.__setitem__("neck", o)),
-             model.head[-2].register_forward_hook(lambda m, i, o: taps.__setitem__("head", o))]
     k = model.neck.semantic_channels
     out: dict[str, list] = {"backbone": [], "neck": [], "head": [], "logits": [], **({"semantic": []} if k else {})}
     targets = []
-    try:
-        for x, y in loader:
-            feats = model.backbone(x.contiguous(memory_format=torch.channels_last))
-            pred = model(x)
-            out["backbone"].append(feats[-1].mean((2, 3)))
-            out["neck"].append(taps["neck"].mean((2, 3)))
-            out["head"].append(taps["head"].mean((2, 3)))
-            if k:
-                out["semantic"].append(taps["neck"][:, -k:].mean((2, 3)))
-            out["logits"].append(pred[task])
-            targets += list(y)
-    finally:
-        for h in hooks:
-            h.remove()
+    for x, y in loader:
+        for name, value in model.global_averages(x).items():
+            out[name].append(value)
+        out["logits"].append(model(x)[task])
+        targets += list(y)
     return {k: torch.cat(v).float().numpy() for k, v in out.items()}, class_indices(task, targets)
 
 
@@ -94,8 +82,6 @@ def probe_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_va
 def output_inputs(model, batches, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The global average of the output layer's input for every ``task`` sample of ``batches``
     (``(x, TaskBatch)`` pairs, x images or cached backbone features) and their class indices."""
-    pooled: list[torch.Tensor] = []
-    hook = model.head[-1].register_forward_pre_hook(lambda m, args: pooled.append(args[0].mean((2, 3))))
     feats, labels = [], []
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
@@ -103,12 +89,10 @@ def output_inputs(model, batches, task: str) -> tuple[torch.Tensor, torch.Tensor
         for x, y in batches:
             if task not in y:
                 continue
-            pooled.clear()
-            model(x.to(device))
-            feats.append(pooled[0][y[task].index.to(device)].float().cpu())
+            pooled = model.global_averages(x.to(device))["head"]
+            feats.append(pooled[y[task].index.to(device)].float().cpu())
             labels.append(y[task].target.cpu())
     finally:
-        hook.remove()
         model.train(was_training)
     if not feats:
         raise ValueError(f"no {task} sample to fit the {task} output channels on")

@@ -507,8 +507,8 @@ def test_semantic_readers_bad_values_are_refused():
 def test_a_pass_producing_only_non_readers_skips_the_semantic_channels(residual):
     """Within ``producing(["seg", "det"])`` a model whose semantic channels only classification
     reads returns seg and det alone, computed without the semantic channels (the neck emits its
-    trained channels only), with the full pass's values and gradients; once a reader is among the
-    tasks (or outside the context) the pass is the full one."""
+    trained channels only), with the full output layer's values and gradients; outside the
+    context every task's output is returned."""
     torch.manual_seed(0)
     kw = {"head_residual": True, "neck_relu": False} if residual else {}
     model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["cls"], **kw).train()
@@ -524,13 +524,19 @@ def test_a_pass_producing_only_non_readers_skips_the_semantic_channels(residual)
         loss.backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    full, full_grads = step(None)
+    everything, _ = step(None)
     lean, lean_grads = step(["seg", "det"])
-    assert widths == [96 + 8, 96] and set(lean) == {"seg", "det"} and set(full) == {"seg", "det", "cls"}
+    assert widths == [96, 96] and set(lean) == {"seg", "det"} and set(everything) == {"seg", "det", "cls"}
+    model.zero_grad()
+    neck = model.neck(model.backbone(x))  # the full pass, semantic channels built
+    full = dict(zip(model.task_order, torch.split(model.head(neck), model.splits, dim=1)))
+    full_features = neck[:, :96]
+    sum(full[t].square().mean() for t in ("seg", "det")).backward()
+    full_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert model.only_outputs is None  # the context restores the setting
     for t in ("seg", "det"):
         torch.testing.assert_close(lean[t], full[t], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(lean.features, full.features)
+    torch.testing.assert_close(lean.features, full_features)
     assert lean_grads.keys() == full_grads.keys()
     for name, g in full_grads.items():
         torch.testing.assert_close(lean_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
@@ -538,8 +544,57 @@ def test_a_pass_producing_only_non_readers_skips_the_semantic_channels(residual)
     with model.producing(["det", "cls"]):
         out = model(x)
         teacher = copy.deepcopy(model)  # a copy made within keeps the setting
-    assert widths[-1] == 96 + 8 and set(out) == {"det", "cls"}
+    assert set(out) == {"det", "cls"}
     assert teacher.only_outputs == ("det", "cls") and model.only_outputs is None
+
+
+@pytest.mark.parametrize("size", [SIZE, 100])
+def test_pooled_readers_never_build_the_semantic_channels(size):
+    """When only classification (mean-pooled) reads the semantic channels, no pass builds them at
+    the neck's stride: its logits take the semantic share from the repeat-weighted average of the
+    deepest map, and equal the full output layer's pooled rows, values and gradients, also at a
+    size whose upsampling repeats cells unevenly (100 px)."""
+    torch.manual_seed(0)
+    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["cls"]).train()
+    assert model.semantic_pooled_only()
+    with torch.no_grad():
+        model.head[-1].weight.normal_(std=0.1).mul_(model.head[-1].read_mask)
+    widths = []
+    model.neck.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    x = torch.randn(2, 3, size, size)
+
+    def grads(out):
+        model.zero_grad()
+        sum(v.square().mean() for v in out.values()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    got = model(x)
+    got_grads = grads(got)
+    assert widths == [96]  # the neck emitted its trained channels only
+    feats = model.backbone(x)
+    full = model.head(model.neck(feats))  # the full pass: 96 + 8 channels into the output layer
+    want = dict(zip(model.task_order, torch.split(full, model.splits, dim=1)))
+    want["cls"] = want["cls"].mean((2, 3))
+    want_grads = grads(want)
+    for t in ("seg", "det", "cls"):
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    for name, g in want_grads.items():  # float rounding only: the backbone's gradients sum many terms
+        assert (got_grads[name] - g).norm() <= 1e-4 * g.norm() + 1e-8, name
+    averages = model.global_averages(x)
+    torch.testing.assert_close(averages["head"], model.head[:-1](model.neck(feats)).mean((2, 3)))
+    torch.testing.assert_close(averages["semantic"], model.neck(feats)[:, -8:].mean((2, 3)))
+
+
+def test_semantic_channels_read_by_a_dense_task_are_built():
+    """Segmentation among the readers: its rows read the channels at every place, so the pass
+    builds them."""
+    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["seg", "cls"]).eval()
+    assert not model.semantic_pooled_only()
+    widths = []
+    model.neck.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    model(torch.randn(1, 3, SIZE, SIZE))
+    assert widths == [96 + 8]
 
 
 def test_a_pass_producing_some_tasks_of_a_model_every_layer_of_which_reads_the_semantic_channels():
