@@ -19,7 +19,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -214,24 +214,6 @@ class FPNNeck(nn.Module):
         s = F.conv2d(feats[-1], self.semantic_projection.to(feats[-1].dtype))
         return torch.cat([x, F.interpolate(s, size=x.shape[-2:], mode="nearest")], 1)
 
-    def semantic_average(self, deepest: Tensor, size: Sequence[int]) -> Tensor:
-        """(B, k): the global average of the semantic channels as :meth:`forward` emits them at
-        the output size ``size`` (h, w), without building them.  The projection is linear and the
-        nearest upsampling repeats each cell of the deepest map a fixed number of times, so the
-        average is the projection of the deepest map's repeat-weighted average: at 512 px, a
-        16 x 16 average instead of 320 channels upsampled to 64 x 64."""
-        h, w = deepest.shape[-2:]
-        weights = nearest_repeats(h, size[0], deepest)[:, None] * nearest_repeats(w, size[1], deepest)[None, :]
-        pooled = (deepest * weights).sum((2, 3)) / (size[0] * size[1])
-        return pooled @ self.semantic_projection.to(pooled.dtype).flatten(1).t()
-
-
-def nearest_repeats(n_in: int, n_out: int, like: Tensor) -> Tensor:
-    """How often nearest upsampling from ``n_in`` to ``n_out`` cells repeats each input cell (a
-    float vector like ``like``); read off ``F.interpolate`` itself so it matches it exactly."""
-    source = F.interpolate(torch.arange(n_in, dtype=torch.float32).reshape(1, 1, n_in), size=n_out, mode="nearest")
-    return torch.bincount(source.flatten().long(), minlength=n_in).to(like)
-
 
 class OneHeadNet(nn.Module):
     #: the tasks whose outputs a forward pass returns (None: every task's); set by :meth:`producing`
@@ -343,28 +325,20 @@ class OneHeadNet(nn.Module):
             feats = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
         else:
             feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
-        pooled_readers = self.semantic_pooled_only()
-        if self.semantic_idle() or pooled_readers:
+        if self.reads_semantic_in_output_only():
             neck = self.neck(feats, semantic=False)
             y = self.head[-1].first_inputs(self._hidden_without_carried(neck))
+            if not self.semantic_idle():
+                y = y + self.semantic_share(feats[-1], y.shape[-2:])
         else:
             neck = self.neck(feats)
             y = self.head(neck)
         out = OneHeadOutput()
-        semantic, rows = None, self.output_slices()
         for t, part in zip(self.task_order, torch.split(y, self.splits, dim=1)):
             if self.only_outputs is not None and t not in self.only_outputs:
                 continue
-            reduce, pool = TASKS[t].reduce, self.pool
-            if pooled_readers and t in self.cfg.semantic_readers:
-                # the semantic channels' share of the pooled output, added to the pooling of the
-                # trained channels' share: what the full output layer's rows would pool to
-                if semantic is None:
-                    semantic = self.neck.semantic_average(feats[-1], neck.shape[-2:])
-                k = self.neck.semantic_channels
-                term = semantic @ self.head[-1].masked_weight()[rows[t], -k:, 0, 0].t()
-                pool = partial(_plus, self.pool, term)
-            out[t] = reduce(part, pool) if reduce else part
+            reduce = TASKS[t].reduce
+            out[t] = reduce(part, self.pool) if reduce else part
         # the neck's trained channels: what feature distillation and the anchor hold (the fixed
         # semantic channels are the same for every model of a run, and absent from lean passes)
         out.features = neck[:, : self.cfg.neck_channels]
@@ -377,15 +351,22 @@ class OneHeadNet(nn.Module):
         return (readers is not None and self.neck.semantic_channels > 0 and self.only_outputs is not None
                 and not set(readers) & set(self.only_outputs))
 
-    def semantic_pooled_only(self) -> bool:
-        """True when only image-level tasks read the semantic channels and they pool by the mean:
-        their pooled outputs are then linear in the global average of the semantic channels,
-        which :meth:`FPNNeck.semantic_average` gives without building the channels at stride 8,
-        so no pass builds them (the same outputs and gradients up to float rounding).  Each such
-        task's ``reduce`` must pool its map with the pooling it is given (classification's does)."""
-        readers = self.cfg.semantic_readers
-        return (readers is not None and self.neck.semantic_channels > 0 and self.cfg.pool == "mean"
-                and all(TASKS[t].reduce is not None for t in readers))
+    def reads_semantic_in_output_only(self) -> bool:
+        """True when the semantic channels reach the output layer alone (``semantic_readers`` is
+        set, so the hidden convs read only the trained channels).  No pass then builds them at
+        the neck's stride: :meth:`semantic_share` adds what they contribute to the output layer."""
+        return self.cfg.semantic_readers is not None and self.neck.semantic_channels > 0
+
+    def semantic_share(self, deepest: Tensor, size: Sequence[int]) -> Tensor:
+        """What the semantic channels add to the output layer's map of size ``size`` (h, w),
+        computed at the deepest map's stride: the fixed projection and the output conv's columns
+        for those channels are both 1x1 and linear, and nearest upsampling commutes with a 1x1
+        conv, so ``conv(up(P x)) = up((W P) x)`` exactly, up to float rounding.  At 512 px that is
+        a 46-channel 16 x 16 map upsampled, instead of 320 channels built at 64 x 64."""
+        k = self.neck.semantic_channels
+        columns = self.head[-1].masked_weight()[:, -k:, 0, 0]  # (outputs, k); closed rows are 0
+        weight = (columns @ self.neck.semantic_projection.flatten(1).to(columns.dtype))[:, :, None, None]
+        return F.interpolate(F.conv2d(deepest, weight.to(deepest.dtype)), size=tuple(size), mode="nearest")
 
     def _hidden_without_carried(self, neck: Tensor) -> Tensor:
         """The hidden head layers' own channels from the neck's trained channels (a model whose
@@ -406,14 +387,8 @@ class OneHeadNet(nn.Module):
         else:
             feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
         out = {"backbone": feats[-1].mean((2, 3))}
-        if self.cfg.semantic_readers is None or not self.neck.semantic_channels:
-            neck = self.neck(feats)
-            out["neck"], out["head"] = neck.mean((2, 3)), self.head[:-1](neck).mean((2, 3))
-        else:
-            neck = self.neck(feats, semantic=False)
-            semantic = self.neck.semantic_average(feats[-1], neck.shape[-2:])
-            out["neck"] = torch.cat([neck.mean((2, 3)), semantic], 1)
-            out["head"] = torch.cat([self._hidden_without_carried(neck).mean((2, 3)), semantic], 1)
+        neck = self.neck(feats)  # the semantic channels built: probing is not on a hot path
+        out["neck"], out["head"] = neck.mean((2, 3)), self.head[:-1](neck).mean((2, 3))
         if self.neck.semantic_channels:
             out["semantic"] = out["neck"][:, -self.neck.semantic_channels:]
         return out
@@ -464,11 +439,6 @@ class OneHeadNet(nn.Module):
         the original size, "cls": class probabilities}``.  ``original_sizes`` are (h, w)."""
         return decode_batch(self(images), images.shape[-2:], images.shape[0], original_sizes, self.task_settings,
                             tasks or self.task_order)
-
-
-def _plus(pool: Callable[[Tensor], Tensor], term: Tensor, x: Tensor) -> Tensor:
-    """``pool(x) + term``: a pooling with a precomputed share added (picklable, unlike a lambda)."""
-    return pool(x) + term
 
 
 def fold_batchnorm(module: nn.Module) -> int:

@@ -548,15 +548,16 @@ def test_a_pass_producing_only_non_readers_skips_the_semantic_channels(residual)
     assert teacher.only_outputs == ("det", "cls") and model.only_outputs is None
 
 
-@pytest.mark.parametrize("size", [SIZE, 100])
-def test_pooled_readers_never_build_the_semantic_channels(size):
-    """When only classification (mean-pooled) reads the semantic channels, no pass builds them at
-    the neck's stride: its logits take the semantic share from the repeat-weighted average of the
-    deepest map, and equal the full output layer's pooled rows, values and gradients, also at a
-    size whose upsampling repeats cells unevenly (100 px)."""
+@pytest.mark.parametrize("readers, size", [(["cls"], SIZE), (["cls"], 100), (["det", "cls"], SIZE),
+                                           (["seg", "cls"], 100)])
+def test_semantic_channels_read_by_the_output_layer_alone_are_never_built(readers, size):
+    """With ``semantic_readers`` set no pass builds the semantic channels at the neck's stride: their
+    share of the output map is computed at stride 32 and upsampled, and every output (dense rows
+    included) and gradient equals the full output layer's, also at a size whose upsampling repeats
+    cells unevenly (100 px)."""
     torch.manual_seed(0)
-    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["cls"]).train()
-    assert model.semantic_pooled_only()
+    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=readers).train()
+    assert model.reads_semantic_in_output_only()
     with torch.no_grad():
         model.head[-1].weight.normal_(std=0.1).mul_(model.head[-1].read_mask)
     widths = []
@@ -584,17 +585,6 @@ def test_pooled_readers_never_build_the_semantic_channels(size):
     averages = model.global_averages(x)
     torch.testing.assert_close(averages["head"], model.head[:-1](model.neck(feats)).mean((2, 3)))
     torch.testing.assert_close(averages["semantic"], model.neck(feats)[:, -8:].mean((2, 3)))
-
-
-def test_semantic_channels_read_by_a_dense_task_are_built():
-    """Segmentation among the readers: its rows read the channels at every place, so the pass
-    builds them."""
-    model = create_model(pretrained=False, semantic_channels=8, semantic_readers=["seg", "cls"]).eval()
-    assert not model.semantic_pooled_only()
-    widths = []
-    model.neck.register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
-    model(torch.randn(1, 3, SIZE, SIZE))
-    assert widths == [96 + 8]
 
 
 def test_a_pass_producing_some_tasks_of_a_model_every_layer_of_which_reads_the_semantic_channels():
