@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 #: channels per location besides the class logits: l, t, r, b, centre-ness
 BOX_CHANNELS = 5
@@ -160,6 +160,28 @@ def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tens
         "giou": giou / ctr_weight_sum.clamp(min=1e-6),
         "centerness": ctr_loss / norm,
     }
+
+
+def centre_cell_fit(raw: Tensor, boxes: Tensor, labels: Tensor, cfg: DetectionConfig) -> dict[str, Tensor]:
+    """How well one image's raw map (C+5, h, w) fits its boxes (xyxy, network-input pixels) at
+    each box's centre cell, the location every assignment makes positive: the IoU of the box
+    predicted there, its width and height over the true ones, and the probability it gives the
+    true class.  A diagnosis of training, not a metric: it tells a regression that cannot size
+    the boxes from a classification that cannot name them."""
+    num_classes = raw.shape[0] - BOX_CHANNELS
+    h, w = raw.shape[1:]
+    cls_logits, ltrb, _ = _split(raw.float(), num_classes, cfg.stride)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    col = (cx // cfg.stride).long().clamp(0, w - 1)
+    row = (cy // cfg.stride).long().clamp(0, h - 1)
+    cell = row * w + col
+    centers = grid_centers(h, w, cfg.stride, raw.device)[cell]
+    pred = distances_to_boxes(centers, ltrb[cell])
+    iou = box_iou(pred, boxes).diagonal() if len(boxes) else boxes.new_zeros(0)
+    return {"iou": iou,
+            "width_ratio": (pred[:, 2] - pred[:, 0]) / (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6),
+            "height_ratio": (pred[:, 3] - pred[:, 1]) / (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6),
+            "class_probability": torch.sigmoid(cls_logits[cell, labels]) if len(boxes) else boxes.new_zeros(0)}
 
 
 @dataclass
