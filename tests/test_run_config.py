@@ -108,7 +108,7 @@ def test_help_shows_the_defaults_a_run_really_uses(run_cli):
     assert f"default: from the default recipe, {default['strategy']}" in helps["--strategy"]
     epochs = ",".join(f"{t}={n}" for t, n in default["epochs"].items())
     assert f"default: from the default recipe, {epochs}; 2 each on the synthetic benchmark" in helps["--epochs"]
-    assert "default: from the default recipe, 100000" in helps["--ewc-lambda"]
+    assert "default: from the default recipe, 10000)" in helps["--ewc-lambda"]
     assert "default: from the default recipe, det=10" in helps["--lwf-task-weights"]
     assert "(default: 10)" in helps["--replay-mem"] and "(default: 2)" in helps["--replay-per-step"]
     assert "(default: seg,det,cls)" in helps["--order"] and "(default: 0)" in helps["--seed"]
