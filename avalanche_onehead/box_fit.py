@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.ops import box_area
 
 from .detection import centre_cell_fit
 from .tasks.det import DET, SIZES
@@ -74,8 +75,7 @@ def box_fit_checkpoint(weights: str | Path, data_root: str | Path | None = None,
             for raw, t in zip(model(images)[task][part.index], part.target.items):
                 for k, v in centre_cell_fit(raw, t.boxes, t.labels, cfg).items():
                     fits.setdefault(k, []).append(v)
-                original = t.to_original(t.boxes)
-                sizes.append(size_of((original[:, 2] - original[:, 0]) * (original[:, 3] - original[:, 1])))
+                sizes.append(size_of(box_area(t.to_original(t.boxes))))
     if not sizes:
         raise ValueError(f"{root.path}: no detection image in split {split!r}")
     by_size = summarize_fit({k: torch.cat(v) for k, v in fits.items()}, torch.cat(sizes))

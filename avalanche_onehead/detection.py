@@ -177,11 +177,10 @@ def centre_cell_fit(raw: Tensor, boxes: Tensor, labels: Tensor, cfg: DetectionCo
     cell = row * w + col
     centers = grid_centers(h, w, cfg.stride, raw.device)[cell]
     pred = distances_to_boxes(centers, ltrb[cell])
-    iou = box_iou(pred, boxes).diagonal() if len(boxes) else boxes.new_zeros(0)
-    return {"iou": iou,
+    return {"iou": box_iou(pred, boxes).diagonal(),
             "width_ratio": (pred[:, 2] - pred[:, 0]) / (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6),
             "height_ratio": (pred[:, 3] - pred[:, 1]) / (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6),
-            "class_probability": torch.sigmoid(cls_logits[cell, labels]) if len(boxes) else boxes.new_zeros(0)}
+            "class_probability": torch.sigmoid(cls_logits[cell, labels])}
 
 
 @dataclass

@@ -319,12 +319,15 @@ class OneHeadNet(nn.Module):
                     m.eval()
         return self
 
+    def backbone_features(self, x: Tensor | BackboneFeatures) -> list[Tensor]:
+        """The backbone's feature maps of images, or the cached maps themselves (channels-last)."""
+        if isinstance(x, BackboneFeatures):
+            return [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
+        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+
     def forward(self, x: Tensor | BackboneFeatures) -> OneHeadOutput:
         """Images, or the backbone's cached feature maps of them (``feature_cache``)."""
-        if isinstance(x, BackboneFeatures):
-            feats = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
-        else:
-            feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        feats = self.backbone_features(x)
         if self.reads_semantic_in_output_only():
             neck = self.neck(feats, semantic=False)
             y = self.head[-1].first_inputs(self._hidden_without_carried(neck))
@@ -382,10 +385,7 @@ class OneHeadNet(nn.Module):
         output (``neck``), the last hidden layer's output, i.e. the output layer's input
         (``head``), and the semantic channels if any (``semantic``; in ``neck`` and ``head``
         they are the last channels): what the linear probes and the logistic read-out fit on."""
-        if isinstance(x, BackboneFeatures):
-            feats = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
-        else:
-            feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        feats = self.backbone_features(x)
         out = {"backbone": feats[-1].mean((2, 3))}
         neck = self.neck(feats)  # the semantic channels built: probing is not on a hot path
         out["neck"], out["head"] = neck.mean((2, 3)), self.head[:-1](neck).mean((2, 3))
