@@ -49,22 +49,15 @@ def summarize_fit(fits: dict[str, torch.Tensor], sizes: torch.Tensor) -> dict[st
 def box_fit_checkpoint(weights: str | Path, data_root: str | Path | None = None, split: str = "train",
                        batch: int = 8, max_images: int | None = None) -> dict[str, Any]:
     """The centre-cell fit of a checkpoint's detection output on a split, by size."""
-    from benchmarks import JointTransform, load_split
-    from benchmarks.stream import data_root_of_checkpoint
-
-    from .checkpoint import load_checkpoint
+    from .onnx_runtime import open_checkpoint
     from .targets import collate_onehead
 
-    model, meta = load_checkpoint(weights, "cpu")
-    task = DET.name
+    opened = open_checkpoint(weights, data_root)
+    model, task = opened.model, DET.name
     if task not in model.task_order:
         raise ValueError(f"{weights}: the model has no detection output")
-    model = model.for_inference()
-    root = data_root_of_checkpoint(data_root, meta)
-    tf = JointTransform(int(meta["image_size"]), train=False, mean=model.mean, std=model.std)
-    ds = load_split(root.path, task, split, tf)
-    if max_images:
-        ds.samples = ds.samples[:max_images]
+    ds = opened.split(task, split, max_images)
+    root = opened.root
     cfg = model.task_settings[task]["cfg"]
     fits: dict[str, list[torch.Tensor]] = {}
     sizes = []

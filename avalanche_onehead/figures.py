@@ -64,18 +64,12 @@ def qualitative_grid(weights: str | Path, path: str | Path, data_root: str | Pat
                      per_task: int = 4, split: str = "val") -> Path:
     """Predictions of a checkpoint on ``per_task`` images spread over each task's split
     (see :func:`prediction_figure`), saved to ``path``."""
-    from benchmarks import JointTransform, load_split
-    from benchmarks.stream import data_root_of_checkpoint
+    from .onnx_runtime import open_checkpoint
 
-    from .checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(weights)
-    model = model.for_inference()
-    root = data_root_of_checkpoint(data_root, meta).path
-    tf = JointTransform(meta["image_size"], train=False, mean=model.mean, std=model.std)
-    tasks = [t for t in drawn_tasks() if t in meta["classes"]]
-    fig = prediction_figure(model, {t: load_split(root, t, split) for t in tasks}, meta["classes"], tf,
-                            per_task=per_task)
+    opened = open_checkpoint(weights, data_root)
+    tasks = [t for t in drawn_tasks() if t in opened.meta["classes"]]
+    fig = prediction_figure(opened.model, {t: opened.split(t, split, transformed=False) for t in tasks},
+                            opened.meta["classes"], opened.transform, per_task=per_task)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

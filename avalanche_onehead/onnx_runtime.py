@@ -4,11 +4,13 @@
 tensors out) and has its ``predict``, ``cfg``, ``mean``/``std`` and ``task_order``, so
 ``eval.py``, the evaluators, the compliance card and ``predict.py`` run either runtime
 through the same decoding code.  :func:`load_model` opens a ``.pt`` checkpoint or an
-``.onnx`` export and returns the model with the checkpoint's metadata.
+``.onnx`` export and returns the model with the checkpoint's metadata; :func:`open_checkpoint`
+adds the data root and evaluation transform every command that reads a split needs.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -107,3 +109,39 @@ def load_model(path: str | Path, device: str = "cpu", threads: int | None = None
 
     model, meta = load_checkpoint(path, device)
     return model.for_inference(), {k: v for k, v in meta.items() if k != "state_dict"}
+
+
+@dataclass
+class CheckpointWithData:
+    """A checkpoint loaded for inference together with the data it is read against: what
+    ``eval.py``, the probe, the box fit and the prediction figure all start from."""
+    model: Any
+    meta: dict[str, Any]
+    root: Any  # benchmarks.stream.DataRoot
+    transform: Any  # benchmarks.JointTransform at the checkpoint's input size
+
+    def split(self, task: str, split: str, max_images: int | None = None, transformed: bool = True):
+        """``task``'s reader on ``split`` (its first ``max_images`` images if given), transformed
+        for the model unless ``transformed`` is False (the figure draws the raw images)."""
+        from benchmarks import load_split
+
+        ds = load_split(self.root.path, task, split, self.transform if transformed else None)
+        if max_images:
+            ds.samples = ds.samples[:max_images]
+        return ds
+
+
+def open_checkpoint(weights: str | Path, data_root: str | Path | None = None, device: str = "cpu",
+                    onnx: bool = False) -> CheckpointWithData:
+    """A ``.pt`` checkpoint (BatchNorm folded) or, with ``onnx``, an ``.onnx`` export ready for
+    inference; the data root (given, else recorded in the checkpoint) and the evaluation transform.
+    Without ``onnx`` an export is a CheckpointError: probing a model's layers needs its PyTorch form."""
+    from benchmarks import JointTransform
+    from benchmarks.stream import data_root_of_checkpoint
+
+    if is_onnx(weights) and not onnx:
+        raise CheckpointError(weights, "is an ONNX export; this command reads the .pt checkpoint it was exported from")
+    model, meta = load_model(weights, device)
+    root = data_root_of_checkpoint(data_root, meta)
+    tf = JointTransform(int(meta["image_size"]), train=False, mean=model.mean, std=model.std)
+    return CheckpointWithData(model, meta, root, tf)

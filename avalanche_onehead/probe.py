@@ -143,21 +143,14 @@ def probe_checkpoint(weights: str | Path, data_root: str | Path | None = None, b
                      max_images: int | None = None, task: str = DEFAULT_TASK) -> dict[str, Any]:
     """Probe accuracies (val) of a checkpoint's backbone, neck and head on ``task``, and its own
     Top-1 on it; a task without an image-level output is a ValueError."""
-    from benchmarks import JointTransform, load_split
-    from benchmarks.stream import data_root_of_checkpoint
-
-    from .checkpoint import load_checkpoint
+    from .onnx_runtime import open_checkpoint
 
     check_probed_task(task)
-    model, meta = load_checkpoint(weights, "cpu")
-    model = model.for_inference()
-    root = data_root_of_checkpoint(data_root, meta)
-    tf = JointTransform(int(meta["image_size"]), train=False, mean=model.mean, std=model.std)
+    opened = open_checkpoint(weights, data_root)
+    model, root = opened.model, opened.root
     feats = {}
     for split in ("train", "val"):
-        ds = load_split(root.path, task, split, tf)
-        if max_images:
-            ds.samples = ds.samples[:max_images]
+        ds = opened.split(task, split, max_images)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, collate_fn=lambda b: tuple(zip(*b)))
         loader = ((torch.stack(x), y) for x, y in loader)
         feats[split] = pooled_features(model, loader, task)

@@ -70,6 +70,18 @@ def run_cli():
     return avalanche_onehead.commands.run
 
 
+@pytest.fixture
+def refused(capsys):
+    """``refused(main, argv)``: the command exits with code 2 and one line on stderr, returned."""
+    def check(main, argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+    return check
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""

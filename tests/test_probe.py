@@ -110,3 +110,13 @@ def test_the_probed_task_is_a_parameter(second_cls, tmp_path, synthetic_root):
     val.samples = val.samples[:12]
     share_of_class_0 = sum(int(val.make_target(val.load(i)[1]).label) == 0 for i in range(len(val))) / len(val)
     assert b["model_top1"] == pytest.approx(share_of_class_0) and b["model_top1"] != a["model_top1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--weights", "missing.pt"], "checkpoint file not found"),
+    (["--weights", "model.onnx"], "ONNX export"),
+    (["--weights", "m.pt", "--max-images", "0"], "--max-images"),
+])
+def test_probe_cli_refuses_bad_input_in_one_line(tmp_path, monkeypatch, refused, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in refused(commands.probe.main, argv)

@@ -57,10 +57,8 @@ def evaluate(args) -> dict:
     from avalanche_onehead import validation
     from avalanche_onehead.errors import CheckpointError
     from avalanche_onehead.evaluation import evaluate_dataset
-    from avalanche_onehead.onnx_runtime import is_onnx, load_model
+    from avalanche_onehead.onnx_runtime import is_onnx, open_checkpoint
     from avalanche_onehead.tasks import TASKS
-    from benchmarks import JointTransform, load_split
-    from benchmarks.stream import data_root_of_checkpoint
 
     tasks = validation.task_flag("--tasks", args.tasks)
     if is_onnx(args.weights):
@@ -68,14 +66,13 @@ def evaluate(args) -> dict:
     else:
         device = "cpu" if args.cpu else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # .pt: BatchNorm folded into the convs (faster, same predictions); .onnx: exported folded
-    model, meta = load_model(args.weights, device)
-    root = data_root_of_checkpoint(args.data_root, meta)
+    opened = open_checkpoint(args.weights, args.data_root, device, onnx=True)
+    model, meta, root = opened.model, opened.meta, opened.root
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     say(root.describe())
-    tf = JointTransform(meta["image_size"], train=False, mean=model.mean, std=model.std)
     result: dict = {}
     for task in tasks:
-        ds = load_split(root.path, task, args.split, tf)
+        ds = opened.split(task, args.split)
         keys = meta.get("class_keys", {}).get(task)
         if keys and list(ds.class_keys) != list(keys):
             raise CheckpointError(args.weights, f"{task} classes of the data ({ds.split_dir}) differ from the "

@@ -12,15 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-
-from avalanche_onehead.cli import fail
+from avalanche_onehead.cli import OneLineParser, fail
+from avalanche_onehead.validation import int_flag, whole
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, nargs="+", help="checkpoint(s) written by experiments/run.py")
     p.add_argument("--data-root", default=None, help="data folder (default: the one recorded in the checkpoint)")
-    p.add_argument("--max-images", type=int, default=None, help="only the first N images per split (smoke tests)")
+    p.add_argument("--max-images", type=int_flag(whole(1)), default=None, help="only the first N images per split (smoke tests)")
     p.add_argument("--task", default=None,
                    help="the task probed: one with an image-level output (default: classification, cls)")
     args = p.parse_args(argv)
