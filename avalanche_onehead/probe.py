@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .feature_cache import BackboneFeatures
 from .tasks import TASKS
 
 
@@ -57,9 +58,10 @@ def pooled_features(model, loader, task: str = DEFAULT_TASK) -> tuple[dict[str, 
     out: dict[str, list] = {"backbone": [], "neck": [], "head": [], "logits": [], **({"semantic": []} if k else {})}
     targets = []
     for x, y in loader:
-        for name, value in model.global_averages(x).items():
+        feats = BackboneFeatures(tuple(model.backbone_features(x)))  # one backbone pass for both reads
+        for name, value in model.global_averages(feats).items():
             out[name].append(value)
-        out["logits"].append(model(x)[task])
+        out["logits"].append(model(feats)[task])
         targets += list(y)
     return {k: torch.cat(v).float().numpy() for k, v in out.items()}, class_indices(task, targets)
 
