@@ -42,6 +42,11 @@ class DetectionConfig:
     balance_boxes: bool = False
 
 
+#: the settings only training reads (target assignment and loss); the others also decode
+#: predictions, so they shape every evaluation of detection, also before its own stage
+TRAINING_SETTINGS = ("center_radius", "center_fraction", "focal_alpha", "focal_gamma", "balance_boxes")
+
+
 def grid_centers(h: int, w: int, stride: int, device=None) -> Tensor:
     """(h*w, 2) pixel centres (x, y) of a stride-``stride`` grid, row-major."""
     ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride

@@ -468,6 +468,12 @@ def test_a_later_fork_keeps_what_was_trained(runs, tmp_path, capsys):
              (["--after-stage", "2", "--plan", "cls.views=100"], "'plan.cls.views'"),
              (["--after-stage", "2", "--plan", "cls.lr=\"fast\""], "'plan.cls.lr'"),
              (["--after-stage", "2", "--plan", "cls.remedies=gpm"], "not in the run's strategy"),
+             (["--after-stage", "2", "--task-setting", "det.balance_boxes=true"], "already trained"),
+             (["--task-setting", "det.nms_iou=0.5"], "not a training setting of det"),
+             (["--task-setting", "cls.label_smoothing=0.1"], "not a training setting of cls"),
+             (["--task-setting", "det.balance_boxes=\"yes\""], "balance_boxes"),
+             (["--task-setting", "det.focal_gamma=-1"], "focal_gamma"),
+             (["--task-setting", "depth.focal_gamma=1"], "not a stage"),
              (["--after-stage", "3"], "--after-stage must be 1..2"),
              (["--epochs", "cls=two"], "task=N"),
              (["--epochs", "depth=2"], "not a stage")]
@@ -496,6 +502,26 @@ def test_fork_after_stage_two_may_hold_detection_harder_and_equals_a_run_from_sc
     for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
         assert rf == pytest.approx(rs, abs=1e-6)
     ss, sf = _state(scratch / "model.pt"), _state(forked / "model.pt")
+    assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
+
+
+def test_a_fork_with_balanced_detection_boxes_equals_a_run_from_scratch(runs, run_cli, tmp_path, synthetic_root):
+    """Detection trains in stage 2, so a fork after stage 1 may change its training settings."""
+    fork_cli = commands.fork
+    recipe = json.loads((REPO / "experiments" / "configs" / "finetune-ewc-lwf.json").read_text())
+    recipe.setdefault("model", {})["detection"] = {"balance_boxes": True}
+    config = tmp_path / "balanced.json"
+    config.write_text(json.dumps(recipe))
+    scratch, forked = tmp_path / "scratch", tmp_path / "forked"
+    args = [a if a != RUN_ARGS[1] else str(config) for a in RUN_ARGS]
+    assert run_cli.main([*args, "--data-root", str(synthetic_root), "--out", str(scratch)]) == 0
+    assert fork_cli.main([str(runs.a), str(forked), "--task-setting", "det.balance_boxes=true", "--no-progress"]) == 0
+    assert json.loads((forked / "config.json").read_text())["model"]["detection"] == {"balance_boxes": True}
+    ms, mf = _metrics(scratch), _metrics(forked)
+    for rs, rf in zip(ms["matrix"], mf["matrix"], strict=True):
+        assert rf == pytest.approx(rs, abs=1e-6)
+    ss, sf, sa = _state(scratch / "model.pt"), _state(forked / "model.pt"), _state(runs.a / "model.pt")
+    assert max(float((ss[k].double() - sa[k].double()).abs().max()) for k in ss if ss[k].numel()) > 1e-4  # it mattered
     assert max(float((ss[k].double() - sf[k].double()).abs().max()) for k in ss if ss[k].numel()) <= 1e-6
 
 

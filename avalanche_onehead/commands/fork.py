@@ -4,13 +4,15 @@
     python experiments/fork_run.py runs/ewc+replay runs/ewc-1e5 --strategy ewc --ewc-lambda 1e5
     python experiments/fork_run.py runs/lwf runs/lwf-cls5 --after-stage 2 --epochs cls=5
     python experiments/fork_run.py runs/lp runs/lp-gpm --after-stage 2 --strategy ewc+lwf+gpm --plan cls.remedies=gpm
+    python experiments/fork_run.py runs/default runs/balanced --task-setting det.balance_boxes=true
 
 No remedy acts during the first experience (there is nothing to forget yet: no
 EWC penalty, no replay memory, no teacher), so stage 1 is the same computation
 for every strategy with the same settings and seed.  This copies SOURCE's
 checkpoints and state up to a stage into a new run folder, with another
 ``--strategy``, other remedy options, other epochs or other stage plans
-(``--plan``) for the stages still to come, and continues it exactly as
+(``--plan``) for the stages still to come, or a later task's training settings
+(``--task-setting``, e.g. detection's ``balance_boxes``), and continues it exactly as
 ``run.py --resume`` would: every stage starts from its own seed, so the result
 equals a run of those settings from scratch (the test suite checks each kind of
 fork).  After stage K > 1 the remedies that acted in stages 2..K (their stage
@@ -29,6 +31,7 @@ source whose strategy had it.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -92,6 +95,30 @@ def edited_plans(cfg: dict, plan: dict[str, dict] | None, order: list[str], afte
     return plans
 
 
+def edited_task_settings(cfg: dict, settings: list[tuple[str, str, object]], order: list[str],
+                         after_stage: int) -> dict:
+    """``cfg``'s model settings with ``settings`` (task, setting, value) merged into each task's
+    own (``TaskSpec.settings_field``), refused for a task already trained in the kept stages or
+    a setting that also decodes (the kept stages' rows were evaluated with the source's)."""
+    from avalanche_onehead.tasks import TASKS
+
+    model = dict(cfg.get("model", {}))
+    for task, key, value in settings:
+        if task not in order:
+            raise ValueError(f"--task-setting names {task!r}, not a stage of this run ({', '.join(order)})")
+        if task in order[:after_stage]:
+            raise ValueError(f"--task-setting: {task} is already trained in the first {after_stage} stage(s); "
+                             f"only {', '.join(order[after_stage:])} can change")
+        spec = TASKS[task]
+        if key not in spec.training_settings:
+            allowed = ", ".join(spec.training_settings) or "none"
+            raise ValueError(f"--task-setting {task}.{key}: not a training setting of {task} "
+                             f"(those a fork may change: {allowed})")
+        field = spec.settings_field
+        model[field] = {**model.get(field, {}), key: value}
+    return model
+
+
 def check_forked_config(cfg: dict) -> None:
     """The new folder's settings pass the checks ``run.py --resume`` will apply to them (ranges,
     a plan's remedies within the strategy), so a bad ``--plan`` or ``--strategy`` is refused
@@ -143,9 +170,10 @@ def truncated_state(source: RunFolder, state: dict, stage: int) -> dict:
 
 
 def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | None = None,
-         after_stage: int = 1, epochs: dict[str, int] | None = None, plan: dict[str, dict] | None = None) -> Path:
+         after_stage: int = 1, epochs: dict[str, int] | None = None, plan: dict[str, dict] | None = None,
+         task_settings: list[tuple[str, str, object]] | None = None) -> Path:
     """Write DEST: SOURCE up to stage ``after_stage``, with another strategy, other remedy options,
-    other epochs or other stage plans for the later stages, ready for ``run.py --resume DEST``.
+    other epochs, other stage plans or other training settings of the later tasks, ready for ``run.py --resume DEST``.
     After stage K > 1, the remedies acting in stages 2..K and their options must stay."""
     from strategies import canonical, parse_strategy
 
@@ -163,6 +191,7 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
     name = canonical(strategy or cfg["strategy"])
     new_remedy = {**cfg.get("remedy", {}), **(remedy or {})}
     plans = edited_plans(cfg, plan, order, after_stage)
+    model = edited_task_settings(cfg, task_settings or [], order, after_stage)
     kept = order[1:after_stage]  # stage 1: no remedy acts (nothing to forget yet)
     before, after = acting_in(cfg, cfg["strategy"], kept), acting_in(cfg, name, kept)
     if before != after or changes_kept_stages(cfg.get("remedy", {}), new_remedy, order, after_stage,
@@ -189,7 +218,8 @@ def fork(source: Path, dest: Path, strategy: str | None = None, remedy: dict | N
         if not ckpt.is_file():
             raise FileNotFoundError(f"{ckpt}: missing (the source run's checkpoint of that stage)")
     source_strategy = cfg["strategy"]
-    cfg.update(strategy=name, out=str(dest), remedy=new_remedy, epochs={**cfg["epochs"], **(epochs or {})})
+    cfg.update(strategy=name, out=str(dest), remedy=new_remedy, epochs={**cfg["epochs"], **(epochs or {})},
+               model=model)
     if plans:
         cfg["plan"] = plans
     check_forked_config(cfg)
@@ -257,6 +287,10 @@ def main(argv=None) -> int:
                    metavar="TASK.SETTING=VALUE",
                    help="a stage-plan setting of a stage after K, a JSON value or a comma list, e.g. "
                         "'cls.views=6', 'cls.remedies=gpm', 'cls.remedies=' (none acts); repeatable")
+    p.add_argument("--task-setting", type=check.flag_type(lambda v: v, plan_setting), action="append", default=[],
+                   metavar="TASK.SETTING=VALUE",
+                   help="a training setting of a task whose stage comes after K, a JSON value, e.g. "
+                        "'det.balance_boxes=true'; repeatable")
     p.add_argument("--no-train", action="store_true", help="only write DEST; continue later with run.py --resume")
     p.add_argument("--no-progress", action="store_true")
     add_remedy_flags(p, shown="the source run's")
@@ -266,9 +300,11 @@ def main(argv=None) -> int:
         plan: dict[str, dict] = {}
         for task, key, value in args.plan:
             plan.setdefault(task, {})[key] = value
-        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy, args.after_stage, args.epochs, plan)
+        dest = fork(Path(args.source), Path(args.dest), args.strategy, remedy, args.after_stage, args.epochs, plan,
+                    args.task_setting)
         cfg = RunFolder(dest).read_config()
         edits = "".join(f", plan {t} {cfg['plan'][t]}" for t in plan)
+        edits += "".join(f", {t}.{k}={json.dumps(v)}" for t, k, v in args.task_setting)
         print(f"forked {args.source} (stages 1-{args.after_stage}) -> {dest}: strategy {cfg['strategy']}, "
               f"epochs {cfg['epochs']}{edits}")
         if not args.no_train:

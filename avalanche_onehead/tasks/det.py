@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from ..detection import BOX_CHANNELS, DetectionConfig, Detections, decode_to_original, detection_loss, rescale_boxes
+from ..detection import BOX_CHANNELS, TRAINING_SETTINGS, DetectionConfig, Detections, decode_to_original, detection_loss, rescale_boxes
 from .registry import PredictionContext, PredictionOutput, Target, TaskSpec, register
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ DET = register(TaskSpec(
     name="det", label=1, title="object detection", metric_name="mAP", folder="mini_coco_det",
     num_classes=10, target=DetTarget, collate=DetTargets, loss=box_loss, decode=decode_to_original,
     make_evaluator=DetEvaluator, reader="benchmarks.readers:CocoDetection", extra_channels=BOX_CHANNELS,
-    settings=settings, distill=lambda student, teacher, lwf: det_distillation(student, teacher, lwf.det_threshold),
+    settings=settings, settings_field="detection", training_settings=TRAINING_SETTINGS, distill=lambda student, teacher, lwf: det_distillation(student, teacher, lwf.det_threshold),
     init_output_bias=init_output_bias, draw=draw_boxes, predict_output=PREDICT_OUTPUT, secondary_metrics=("mAP50",),
     quality_bar=0.15, synthetic_writer="benchmarks.synthetic:write_det",
 ))

@@ -96,6 +96,9 @@ class TaskSpec:
     reduce: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor] | None = None
     subsample: Callable[[Any, int], Any] | None = None  # collated dense target -> every k-th pixel
     settings: Callable[[Any, int | None], dict[str, Any]] | None = None
+    settings_field: str | None = None  # the model config's field that ``settings`` reads (a dict)
+    # those of its settings only training reads (the others also decode: every evaluation uses them)
+    training_settings: tuple[str, ...] = ()
     distill: Callable[[Tensor, Tensor, Any], Tensor] | None = None  # (student, teacher, LwF options)
     init_output_bias: Callable[[Tensor, int], None] | None = None  # (its output bias, num_classes)
     draw: Callable[..., None] | None = None  # one panel of a prediction figure
