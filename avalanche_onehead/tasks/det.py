@@ -78,10 +78,14 @@ class DetTargets:
         return self.items[i]
 
 
+#: the model config's field holding detection's settings (``DetectionConfig`` as a dict)
+SETTINGS_FIELD = "detection"
+
+
 def settings(model_cfg: Any, head_stride: int | None = None) -> dict[str, Any]:
     """The model config's ``detection`` settings, which the loss, the decoding and the
     evaluator take; checked against the stride of the head's output when it is given."""
-    cfg = DetectionConfig(**model_cfg.detection)
+    cfg = DetectionConfig(**getattr(model_cfg, SETTINGS_FIELD))
     if head_stride is not None and head_stride != cfg.stride:
         raise ValueError(f"head stride {cfg.stride} != backbone's first stride {head_stride}")
     return {"cfg": cfg}
@@ -216,7 +220,7 @@ DET = register(TaskSpec(
     name="det", label=1, title="object detection", metric_name="mAP", folder="mini_coco_det",
     num_classes=10, target=DetTarget, collate=DetTargets, loss=box_loss, decode=decode_to_original,
     make_evaluator=DetEvaluator, reader="benchmarks.readers:CocoDetection", extra_channels=BOX_CHANNELS,
-    settings=settings, settings_field="detection", training_settings=TRAINING_SETTINGS, distill=lambda student, teacher, lwf: det_distillation(student, teacher, lwf.det_threshold),
+    settings=settings, settings_field=SETTINGS_FIELD, training_settings=TRAINING_SETTINGS, distill=lambda student, teacher, lwf: det_distillation(student, teacher, lwf.det_threshold),
     init_output_bias=init_output_bias, draw=draw_boxes, predict_output=PREDICT_OUTPUT, secondary_metrics=("mAP50",),
     quality_bar=0.15, synthetic_writer="benchmarks.synthetic:write_det",
 ))
