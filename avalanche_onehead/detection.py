@@ -40,11 +40,15 @@ class DetectionConfig:
     # the default on two seeds; a fixed window instead (``center_fraction`` 0) lifted medium
     # boxes' AP and halved large boxes'
     balance_boxes: bool = False
+    # weight of the GIoU term against the focal and centre-ness terms (FCOS: 1; ATSS and GFL: 2).
+    # The box fit (report.md §A.3) finds boxes sized worse than they are classified
+    box_loss_weight: float = 1.0
 
 
 #: the settings only training reads (target assignment and loss); the others also decode
 #: predictions, so they shape every evaluation of detection, also before its own stage
-TRAINING_SETTINGS = ("center_radius", "center_fraction", "focal_alpha", "focal_gamma", "balance_boxes")
+TRAINING_SETTINGS = ("center_radius", "center_fraction", "focal_alpha", "focal_gamma", "balance_boxes",
+                     "box_loss_weight")
 
 
 def grid_centers(h: int, w: int, stride: int, device=None) -> Tensor:
@@ -162,7 +166,7 @@ def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tens
     norm = max(n_pos, 1)
     return {
         "focal": focal / norm,
-        "giou": giou / ctr_weight_sum.clamp(min=1e-6),
+        "giou": cfg.box_loss_weight * giou / ctr_weight_sum.clamp(min=1e-6),
         "centerness": ctr_loss / norm,
     }
 

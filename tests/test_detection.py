@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -290,3 +291,14 @@ def test_round_trip_other_strides(stride):
     det = decode(encode_targets_as_raw(boxes, labels, NUM_CLASSES, SIZE, cfg), cfg)
     assert len(det.boxes) == 2
     assert (_match(det.boxes, det.labels, boxes, labels) > 0.95).all()
+
+
+def test_box_loss_weight_scales_the_giou_term_alone():
+    g = torch.Generator().manual_seed(2)
+    h, w = SIZE[0] // CFG.stride, SIZE[1] // CFG.stride
+    raw = torch.randn(2, NUM_CLASSES + BOX_CHANNELS, h, w, generator=g)
+    targets = _targets(BOXES, LABELS)
+    plain = detection_loss(raw, targets, CFG)
+    heavy = detection_loss(raw, targets, replace(CFG, box_loss_weight=2.5))
+    assert torch.allclose(heavy["giou"], 2.5 * plain["giou"])
+    assert torch.equal(heavy["focal"], plain["focal"]) and torch.equal(heavy["centerness"], plain["centerness"])
