@@ -251,10 +251,14 @@ def _targets(boxes, labels, n=2):
     return [DetTarget(boxes.clone(), labels.clone(), input_size=SIZE, orig_size=SIZE) for _ in range(n)]
 
 
-def test_detection_loss_finite_positive_and_lowest_for_the_perfect_map():
-    g = torch.Generator().manual_seed(0)
+def _random_raw(seed: int, n: int = 2):
+    """``n`` random raw maps of the test image's size (logits, log-distances, centre-ness)."""
     h, w = SIZE[0] // CFG.stride, SIZE[1] // CFG.stride
-    random_raw = torch.randn(2, NUM_CLASSES + BOX_CHANNELS, h, w, generator=g)
+    return torch.randn(n, NUM_CLASSES + BOX_CHANNELS, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_detection_loss_finite_positive_and_lowest_for_the_perfect_map():
+    random_raw = _random_raw(0)
     targets = _targets(BOXES, LABELS)
     losses = detection_loss(random_raw, targets, CFG)
     assert set(losses) == {"focal", "giou", "centerness"}
@@ -294,10 +298,7 @@ def test_round_trip_other_strides(stride):
 
 
 def test_box_loss_weight_scales_the_giou_term_alone():
-    g = torch.Generator().manual_seed(2)
-    h, w = SIZE[0] // CFG.stride, SIZE[1] // CFG.stride
-    raw = torch.randn(2, NUM_CLASSES + BOX_CHANNELS, h, w, generator=g)
-    targets = _targets(BOXES, LABELS)
+    raw, targets = _random_raw(2), _targets(BOXES, LABELS)
     plain = detection_loss(raw, targets, CFG)
     heavy = detection_loss(raw, targets, replace(CFG, box_loss_weight=2.5))
     assert torch.allclose(heavy["giou"], 2.5 * plain["giou"])
