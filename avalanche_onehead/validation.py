@@ -270,7 +270,7 @@ def _model_rules() -> Rule:
            "score_threshold": number(0, hi=1), "nms_iou": number(0, above=True, hi=1),
            "pre_nms_topk": whole(1), "max_detections": whole(1), "focal_alpha": number(0, hi=1),
            "focal_gamma": number(0), "balance_boxes": boolean,
-           "box_loss_weight": number(0)}
+           "box_loss_weight": number(0), "quality_focal": boolean}
     rules = {"neck_channels": whole(1), "head_channels": whole(1), "head_layers": whole(*challenge_rules.HEAD_LAYERS),
              "norm": text(("none", "gn", "bn")), "groups": whole(1), "init": text(("dirac", "default")),
              "freeze_backbone_bn": boolean, "neck_relu": boolean, "head_residual": boolean,

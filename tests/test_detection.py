@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from avalanche_onehead.detection import (
     BOX_CHANNELS,
@@ -18,6 +18,7 @@ from avalanche_onehead.detection import (
     decode_to_original,
     detection_loss,
     grid_centers,
+    quality_focal_loss,
 )
 from avalanche_onehead.tasks.det import DetTarget
 from raw_maps import encode_targets_as_raw
@@ -303,3 +304,38 @@ def test_box_loss_weight_scales_the_giou_term_alone():
     heavy = detection_loss(raw, targets, replace(CFG, box_loss_weight=2.5))
     assert torch.allclose(heavy["giou"], 2.5 * plain["giou"])
     assert torch.equal(heavy["focal"], plain["focal"]) and torch.equal(heavy["centerness"], plain["centerness"])
+
+
+def test_quality_focal_loss_on_hard_targets_is_the_focal_loss_without_alpha():
+    logits = torch.randn(50, NUM_CLASSES, generator=torch.Generator().manual_seed(3))
+    hard = (torch.rand(50, NUM_CLASSES, generator=torch.Generator().manual_seed(4)) < 0.2).float()
+    expected = sigmoid_focal_loss(logits, hard, alpha=-1, gamma=2.0, reduction="none")
+    assert torch.allclose(quality_focal_loss(logits, hard, 2.0), expected, atol=1e-6)
+    # a soft target: p = 0.5 against 0.8 costs BCE (log 2) times |0.8 - 0.5|^2
+    soft = quality_focal_loss(torch.zeros(1), torch.tensor([0.8]), 2.0)
+    assert torch.allclose(soft, torch.tensor([math.log(2) * 0.09]))
+
+
+def test_quality_focal_targets_are_the_predicted_boxes_iou():
+    """With ``quality_focal`` a positive's class target is its box's IoU: where the boxes are
+    exact (IoU 1) the class term is the focal loss without alpha; boxes shrunk to a quarter of
+    their area (IoU 0.25) make a confident class score expensive and a score of 0.25 cheap."""
+    cfg = replace(CFG, quality_focal=True)
+    perfect = encode_targets_as_raw(BOXES, LABELS, NUM_CLASSES, SIZE, CFG)[None]
+    targets = _targets(BOXES, LABELS, 1)
+    exact = detection_loss(perfect, targets, cfg)
+    no_alpha = detection_loss(perfect, targets, replace(CFG, focal_alpha=-1))
+    assert torch.allclose(exact["focal"], no_alpha["focal"], atol=1e-6)
+    c = NUM_CLASSES
+    halved = perfect.clone()
+    halved[:, c:c + 4] -= math.log(2)  # every distance halved: a box of a quarter of the area
+    _, _, pos = assign(BOXES, LABELS, grid_centers(SIZE[0] // 8, SIZE[1] // 8, 8), CFG)
+    confident = detection_loss(halved, targets, cfg)["focal"]
+    calibrated = halved.clone().flatten(2)
+    calibrated[0, :c, pos] = torch.where(calibrated[0, :c, pos] > 0, math.log(0.25 / 0.75), calibrated[0, :c, pos])
+    modest = detection_loss(calibrated.reshape(halved.shape), targets, cfg)["focal"]
+    assert float(modest) < 0.05 * float(confident)
+    # the plain focal loss rewards the confident score whatever the box
+    hard_confident = detection_loss(halved, targets, CFG)["focal"]
+    hard_modest = detection_loss(calibrated.reshape(halved.shape), targets, CFG)["focal"]
+    assert float(hard_confident) < 0.05 * float(hard_modest)
