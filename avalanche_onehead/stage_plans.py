@@ -41,6 +41,9 @@ class StagePlan:
     # a sensible head, not a random one
     head_warmup_epochs: int = 0
     views: int = 1  # cached training views per image (the first is the plain resize)
+    # how many of those views are mosaics of four training images (``benchmarks.Mosaic``; the
+    # last ones; dense tasks only)
+    mosaic_views: int = 0
     # weight EMA within the stage (0: off); the stage ends with the averaged weights
     ema_decay: float = 0.0
     # the run's remedies that act in this stage (None: all of them); the others only keep their
@@ -60,6 +63,9 @@ class StagePlan:
                              f"[\"{TASK_OUTPUT}\"] alone (got {self.train!r})")
         if self.views < 1:
             raise ValueError(f"stage plan 'views' must be at least 1 (got {self.views})")
+        if not 0 <= self.mosaic_views < self.views:
+            raise ValueError(f"stage plan 'mosaic_views' must be >= 0 and below 'views' ({self.views}: the first "
+                             f"view is the plain resize), not {self.mosaic_views}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"stage plan 'ema_decay' must be in [0, 1) (got {self.ema_decay})")
         if self.remedies is not None and (not isinstance(self.remedies, list)
@@ -120,7 +126,12 @@ def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str
     unknown = [t for t in plan if t not in TASKS]
     if unknown:
         raise ValueError(f"stage plan for unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
-    return {t: StagePlan.from_dict(plan.get(t, {})) for t in order}
+    plans = {t: StagePlan.from_dict(plan.get(t, {})) for t in order}
+    for t, p in plans.items():
+        if p.mosaic_views and TASKS[t].reduce is not None:
+            raise ValueError(f"stage plan for {t}: 'mosaic_views' tiles boxes or masks; {t}'s target is one "
+                             "label per image")
+    return plans
 
 
 def uses_cache(plans: dict[str, StagePlan]) -> bool:

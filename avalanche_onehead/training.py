@@ -613,14 +613,16 @@ def preview_figure(model: OneHeadNet, stream, cfg: RunConfig):
 
 def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg: RunConfig, log):
     """The stream again, with every image replaced by the frozen backbone's features of it:
-    ``plan.views`` views per training image (the plain resize, then seeded augmentations), one
-    plain view per validation image (float32, so evaluation matches the live network)."""
+    ``plan.views`` views per training image (the plain resize, then seeded augmentations, the
+    last ``plan.mosaic_views`` of them mosaics), one plain view per validation image (float32,
+    so evaluation matches the live network)."""
     import copy
 
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 
     # deferred: benchmarks builds on the core; a module-level import here would close a package cycle
+    from benchmarks import Mosaic
     from benchmarks.stream import as_avalanche
 
     from .model import fold_batchnorm
@@ -633,12 +635,16 @@ def cached_benchmark(stream, model: OneHeadNet, plans: dict[str, StagePlan], cfg
     for task in cfg.order:
         plain = copy.copy(stream.train_sets[task])
         plain.transform = stream.test_sets[task].transform
-        views = [plain] + [stream.train_sets[task]] * (plans[task].views - 1)
+        mosaics = plans[task].mosaic_views
+        views = ([plain] + [stream.train_sets[task]] * (plans[task].views - 1 - mosaics)
+                 + [Mosaic(stream.train_sets[task])] * mosaics)
         n = sum(len(v) for v in views)
         key = dict(backbone=cfg.backbone, weights=model.weights_source, image_size=cfg.image_size, task=task,
                    root=str(stream.train_sets[task].split_dir), images=len(plain), seed=cfg.seed,
                    workers=cfg.workers, backbone_pass="bn-folded", targets="avalanche_onehead.tasks")
-        tr = cached_or_built(cfg.cache_dir, {**key, "views": plans[task].views}, lambda: build_cache(
+        # (a key gains the mosaics' count only when there are any: older caches keep their keys)
+        tr = cached_or_built(cfg.cache_dir, {**key, "views": plans[task].views,
+                                             **({"mosaic_views": mosaics} if mosaics else {})}, lambda: build_cache(
             backbone, views, seed=cfg.seed, workers=cfg.workers,
             progress=CacheProgress(f"{task} train ({plans[task].views} views)", log)), log)
         te = cached_or_built(cfg.cache_dir, {**key, "split": "val", "images": len(stream.test_sets[task])},

@@ -291,7 +291,7 @@ def _model_rules() -> Rule:
 
 
 def _plan_rules() -> Rule:
-    from .stage_plans import PARTS, SOLVERS, TASK_OUTPUT, StagePlan
+    from .stage_plans import PARTS, SOLVERS, TASK_OUTPUT, StagePlan, resolve_plans
 
     def names(v):
         if not isinstance(v, list) or any(not isinstance(n, str) for n in v):
@@ -306,7 +306,7 @@ def _plan_rules() -> Rule:
 
     each_field = settings_of(StagePlan, {
         "train": parts, "lr": optional(number(0, above=True)), "backbone_lr_mult": optional(number(0)),
-        "head_warmup_epochs": whole(0), "views": whole(1, 64), "ema_decay": number(0, hi=0.9999),
+        "head_warmup_epochs": whole(0), "views": whole(1, 64), "mosaic_views": whole(0, 63), "ema_decay": number(0, hi=0.9999),
         "remedies": optional(names), "solver": text(SOLVERS), "logistic_c": number(0, above=True)})
 
     def plan(v):
@@ -314,7 +314,14 @@ def _plan_rules() -> Rule:
         StagePlan.from_dict(v)  # the checks across fields (a logistic solver needs ["task_output"])
         return v
 
-    return task_map(plan)
+    per_task = task_map(plan)
+
+    def plans(v):
+        v = per_task(v)
+        resolve_plans(v, list(v))  # the checks that need the task (a mosaic tiles boxes or masks)
+        return v
+
+    return plans
 
 
 def remedy_rules() -> dict[str, Rule]:

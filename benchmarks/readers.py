@@ -228,10 +228,15 @@ class TaskDataset(torch.utils.data.Dataset):
     def make_target(self, raw: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def __getitem__(self, i: int):
+    def view(self, i: int) -> tuple[Any, dict[str, Any]]:
+        """Sample ``i`` under the transform, its target still raw (what :class:`Mosaic` tiles)."""
         image, raw = self.load(i)
         if self.transform is not None:
             image, raw = self.transform(image, raw)
+        return image, raw
+
+    def __getitem__(self, i: int):
+        image, raw = self.view(i)
         return image, self.make_target(raw)
 
     def validate(self) -> None:

@@ -103,6 +103,11 @@ def test_plans_validate_and_decide_the_cache():
     assert uses_cache(resolve_plans({"seg": FROZEN, "det": {"train": ["task_output"]}}, ["seg", "det"]))
     with pytest.raises(ValueError, match="alone"):
         StagePlan(train=["task_output", "neck"])
+    with pytest.raises(ValueError, match="mosaic_views"):  # the first view is always the plain resize
+        StagePlan(views=2, mosaic_views=2)
+    with pytest.raises(ValueError, match="one label per image"):
+        resolve_plans({"cls": {"views": 2, "mosaic_views": 1}}, ["cls"])
+    assert resolve_plans({"seg": {"views": 3, "mosaic_views": 2}}, ["seg"])["seg"].mosaic_views == 2
 
 
 def test_apply_plan_freezes_the_parts_it_does_not_name():
@@ -132,7 +137,7 @@ def _run(tmp: Path, root, plan: dict, extra: list[str] = ()) -> Path:
 @pytest.fixture(scope="module")
 def cache_runs(synthetic_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cache-runs")
-    plan = {"seg": {**FROZEN, "views": 2}, "det": {**FROZEN, "views": 2, "head_warmup_epochs": 1}}
+    plan = {"seg": {**FROZEN, "views": 2}, "det": {**FROZEN, "views": 2, "mosaic_views": 1, "head_warmup_epochs": 1}}
     keep = tmp / "features"
     first = _run(tmp, synthetic_root, plan, ["--cache-dir", str(keep)])
     second = _run(tmp, synthetic_root, plan, ["--cache-dir", str(keep)])
@@ -143,6 +148,7 @@ def test_a_cached_run_records_its_plan_and_the_head_warmup_moves_only_the_new_ta
     first, _ = cache_runs
     m = json.loads((first / "metrics.json").read_text())
     assert m["plan"]["det"]["head_warmup_epochs"] == 1 and m["plan"]["seg"]["views"] == 2
+    assert m["plan"]["det"]["mosaic_views"] == 1 and m["plan"]["seg"]["mosaic_views"] == 0
     assert m["cache_seconds"] > 0 and m["train_seconds"] >= m["cache_seconds"]
     before = read_checkpoint(first / "stage1_seg.pt")["state_dict"]
     after = read_checkpoint(first / "stage2_det.pt")["state_dict"]
@@ -187,8 +193,9 @@ def test_a_kept_cache_is_reused_with_the_same_results(cache_runs):
 
 def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthetic_root, tmp_path, capsys):
     """The default recipe's shape (frozen backbone, cached views, head warm-up, ewc+lwf, weight
-    EMA) stopped in the middle of its second stage, after that stage's warm-up epoch: resuming
-    rebuilds the cache, puts the EMA back, and ends where the uninterrupted run ends."""
+    EMA; a mosaic view) stopped in the middle of its second stage, after that stage's warm-up
+    epoch: resuming rebuilds the cache (the same seeded views, mosaics included), puts the EMA
+    back, and ends where the uninterrupted run ends."""
     from avalanche_onehead.plugins import WarmupCosinePlugin
 
     run = commands.run
@@ -197,7 +204,7 @@ def test_a_cached_run_stopped_inside_a_stage_resumes_to_the_same_weights(synthet
         "strategy": "ewc+lwf", "epochs": {"seg": 1, "det": 2}, "lr": 1e-3, "seg_loss_stride": 2,
         "remedy": {"ewc_lambda": 100.0, "lwf_task_weights": {"seg": 2.0}},
         "plan": {"seg": {**FROZEN, "views": 2},
-                 "det": {**FROZEN, "views": 2, "head_warmup_epochs": 1, "ema_decay": 0.9}}}))
+                 "det": {**FROZEN, "views": 3, "mosaic_views": 1, "head_warmup_epochs": 1, "ema_decay": 0.9}}}))
     args = ["--config", str(cfg), "--data-root", str(synthetic_root), "--tasks", "seg,det", "--max-images", "6",
             "--image-size", str(SIZE), "--batch-size", "4", "--workers", "0", "--no-progress"]
     full, stopped = tmp_path / "full", tmp_path / "stopped"

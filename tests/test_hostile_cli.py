@@ -115,6 +115,8 @@ BAD_CONFIGS = [
     ({"strategy": "gpm", "model": {"norm": "gn"}}, "'strategy'"),
     ({"strategy": "ewc+lwf", "plan": {"cls": {"remedies": ["gpm"]}}}, "'plan'"),
     ({"plan": {"cls": {"remedies": "gpm"}}}, "'plan.cls.remedies'"),
+    ({"plan": {"cls": {"views": 2, "mosaic_views": 1}}}, "'plan'"),
+    ({"plan": {"det": {"views": 2, "mosaic_views": 2}}}, "'plan.det'"),
     ({"model": {"pool": "max"}}, "'model.pool'"), ({"model": {"pool_sharpness": 0}}, "'model.pool_sharpness'"),
     ({"model": {"detection": {"balance_boxes": "yes"}}}, "'model.detection.balance_boxes'"),
     ({"model": {"detection": {"center_fraction": -0.1}}}, "'model.detection.center_fraction'"),

@@ -1,4 +1,4 @@
-"""JointTransform: boxes and masks move with the image."""
+"""JointTransform and Mosaic: boxes and masks move with the image."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 
-from benchmarks import JointTransform, load_split
-from benchmarks.transforms import IMAGENET_MEAN, IMAGENET_STD
+from benchmarks import JointTransform, Mosaic, load_split
+from benchmarks.transforms import IMAGENET_MEAN, IMAGENET_STD, mosaic
 
 SIZE = 64
 ALLOWED_MASK_VALUES = set(range(21)) | {255}
@@ -169,3 +169,66 @@ def test_train_transform_on_synthetic_masks_and_boxes(synthetic_root):
             assert int(d.labels.min()) >= 0 and int(d.labels.max()) < 10
         n_boxes += len(d.boxes)
     assert n_boxes > 0
+
+
+def _part(value: float, boxes: list[list[float]], size: int = 16) -> tuple[torch.Tensor, dict]:
+    """A flat view (every pixel ``value``; the mask holds ``int(value)``) with its boxes."""
+    return torch.full((3, size, size), value), {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.arange(len(boxes)), "iscrowd": torch.zeros(len(boxes), dtype=torch.long),
+        "mask": torch.full((size, size), int(value), dtype=torch.uint8), "image_id": 7, "orig_size": (40, 30)}
+
+
+def test_mosaic_tiles_pixels_masks_and_boxes_by_quadrant():
+    # the part of the top-left quadrant shows its own bottom-right corner: its box at 10..14
+    # lands 6 px up and left at 4..8 (centre (10, 12) on a 16 px view: shift (-6, -4))
+    parts = [_part(1, [[10, 12, 14, 16]]), _part(2, [[0, 0, 4, 4], [13, 0, 16, 4]]),
+             _part(3, [[8, 0, 16, 2]]), _part(4, [])]
+    image, raw = mosaic(parts, (10, 12))
+    assert (image[:, :12, :10] == 1).all() and (image[:, :12, 10:] == 2).all()
+    assert (image[:, 12:, :10] == 3).all() and (image[:, 12:, 10:] == 4).all()
+    assert torch.equal(raw["mask"], image[0].to(torch.uint8))
+    # part 2 (top right, shift (10, -4)): [0,0,4,4] -> [10,-4,14,0], nothing left in view (dropped);
+    # [13,0,16,4] -> x 23..26, outside the view (dropped).  Part 3 (bottom left, shift (-6, 12)):
+    # [8,0,16,2] -> [2,12,10,14], all in its quadrant
+    assert raw["boxes"].tolist() == [[4.0, 8.0, 8.0, 12.0], [2.0, 12.0, 10.0, 14.0]]
+    assert raw["labels"].tolist() == [0, 0] and raw["iscrowd"].tolist() == [0, 0]
+    assert raw["image_id"] == -1 and raw["orig_size"] == raw["input_size"] == (16, 16)
+
+
+def test_mosaic_clips_cut_boxes_and_drops_the_mostly_hidden():
+    # top-left part, shift (-8, -8): a box across the quadrant's edge is clipped to it when at
+    # least a quarter of its area stays, and dropped when less does
+    half = [4, 10, 12, 14]      # -> [-4, 2, 4, 6]: half its area stays, clipped to [0, 2, 4, 6]
+    sliver = [0, 10, 9, 14]     # -> [-8, 2, 1, 6]: 1/9 of its area stays: dropped
+    parts = [_part(1, [half, sliver])] + [_part(v, []) for v in (2, 3, 4)]
+    _, raw = mosaic(parts, (8, 8))
+    assert raw["boxes"].tolist() == [[0.0, 2.0, 4.0, 6.0]] and raw["labels"].tolist() == [0]
+
+
+def test_mosaic_refuses_what_it_cannot_tile():
+    label_only = (torch.zeros(3, 16, 16), {"label": 3})
+    with pytest.raises(ValueError, match="boxes or masks"):
+        mosaic([label_only] * 4, (8, 8))
+    with pytest.raises(ValueError, match="4 views"):
+        mosaic([_part(1, [])] * 3, (8, 8))
+    with pytest.raises(ValueError, match="outside"):
+        mosaic([_part(1, [])] * 4, (16, 8))
+    with pytest.raises(ValueError, match="one size"):
+        mosaic([_part(1, [])] * 3 + [_part(1, [], size=8)], (8, 8))
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_mosaic_views_of_a_reader_are_seeded_training_samples(synthetic_root, task):
+    ds = load_split(synthetic_root, task, "train", JointTransform(SIZE, train=True))
+    views = Mosaic(ds)
+    torch.manual_seed(3)
+    image, target = views[0]
+    torch.manual_seed(3)
+    again, target_again = views[0]
+    assert image.shape == (3, SIZE, SIZE) and torch.equal(image, again) and len(views) == len(ds)
+    if task == "det":
+        assert target.input_size == (SIZE, SIZE) and torch.equal(target.boxes, target_again.boxes)
+        assert ((target.boxes >= 0) & (target.boxes <= SIZE)).all()
+    else:
+        assert target.mask.shape == (SIZE, SIZE) and set(target.mask.unique().tolist()) <= ALLOWED_MASK_VALUES
