@@ -46,7 +46,8 @@ class DetectionConfig:
     # quality focal loss (GFL, Li et al. 2020): a positive's class target is the IoU of the box it
     # predicts with its true box (not 1), weighed by |target - p|^gamma instead of the focal
     # loss's alpha and (1 - p)^gamma, so the class score also ranks how well a box is placed,
-    # which mAP over IoU 0.5-0.95 rewards
+    # which mAP over IoU 0.5-0.95 rewards.  Measured (report.md §A.3, seed 1): mAP 0.0525 against
+    # 0.0527 with the focal loss
     quality_focal: bool = False
 
 
