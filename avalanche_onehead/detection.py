@@ -158,11 +158,10 @@ def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tens
         t = targets[i]
         best, pos = assigned_box(t.boxes, centers, cfg)
         cls_index, box_t, pos = targets_of(t.boxes, t.labels, best, pos)
+        pred_boxes = distances_to_boxes(centers[pos], ltrb[pos])
         onehot = torch.zeros_like(cls_logits)
         if cfg.quality_focal and pos.any():
-            with torch.no_grad():
-                placed = distances_to_boxes(centers[pos], ltrb[pos])
-                onehot[pos, cls_index[pos]] = box_iou(placed, box_t[pos]).diagonal().clamp(min=0)
+            onehot[pos, cls_index[pos]] = box_iou(pred_boxes.detach(), box_t[pos]).diagonal().clamp(min=0)
         else:
             onehot[pos, cls_index[pos]] = 1.0
         weight = box_weights(best, pos) if cfg.balance_boxes and pos.any() else None
@@ -173,9 +172,7 @@ def detection_loss(raw: Tensor, targets, cfg: DetectionConfig) -> dict[str, Tens
             focal_terms = torch.cat([focal_terms[~pos], focal_terms[pos] * weight[:, None]])
         focal = focal + focal_terms.sum()
         if pos.any():
-            c = centers[pos]
-            pred_boxes = distances_to_boxes(c, ltrb[pos])
-            ctr_t = centerness(c, box_t[pos])
+            ctr_t = centerness(centers[pos], box_t[pos])
             ctr_terms = F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="none")
             if weight is not None:
                 ctr_t, ctr_terms = ctr_t * weight, ctr_terms * weight

@@ -307,7 +307,8 @@ def _plan_rules() -> Rule:
     each_field = settings_of(StagePlan, {
         "train": parts, "lr": optional(number(0, above=True)), "backbone_lr_mult": optional(number(0)),
         "head_warmup_epochs": whole(0), "views": whole(1, 64), "mosaic_views": whole(0, 63),
-        "ema_decay": number(0, hi=0.9999), "remedies": optional(names), "solver": text(SOLVERS), "logistic_c": number(0, above=True)})
+        "ema_decay": number(0, hi=0.9999), "remedies": optional(names), "solver": text(SOLVERS),
+        "logistic_c": number(0, above=True)})
 
     def plan(v):
         each_field(v)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 import torch.utils.data
 from torchvision import tv_tensors
+from torchvision.ops import box_area
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
@@ -90,6 +91,8 @@ def mosaic(parts: Sequence[tuple[torch.Tensor, dict[str, Any]]], centre: tuple[i
     if not (0 < cx < w and 0 < cy < h):
         raise ValueError(f"mosaic centre {centre} outside the {w}x{h} view")
     first = parts[0][1]
+    if "boxes" not in first and "mask" not in first:
+        raise ValueError("a mosaic needs boxes or masks to tile (an image-level label cannot be)")
     out: dict[str, Any] = {k: v for k, v in first.items() if k not in ("boxes", "labels", "iscrowd", "mask")}
     out.update(image_id=-1, orig_size=(h, w), input_size=(h, w))
     boxes, labels, crowd, mask = [], [], [], None
@@ -105,24 +108,19 @@ def mosaic(parts: Sequence[tuple[torch.Tensor, dict[str, Any]]], centre: tuple[i
         image[:, y0:y1, x0:x1] = img[:, y0 - dy:y1 - dy, x0 - dx:x1 - dx]
         if mask is not None:
             mask[..., y0:y1, x0:x1] = raw["mask"][..., y0 - dy:y1 - dy, x0 - dx:x1 - dx]
-        if "boxes" in raw and len(raw["boxes"]):
+        if "boxes" in first:
             b = raw["boxes"] + torch.tensor([dx, dy, dx, dy], dtype=raw["boxes"].dtype)
             clipped = torch.stack([b[:, 0].clamp(x0, x1), b[:, 1].clamp(y0, y1),
                                    b[:, 2].clamp(x0, x1), b[:, 3].clamp(y0, y1)], 1)
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
             cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-            keep = (cw * ch >= min_visible * area) & (cw >= 2) & (ch >= 2)
+            keep = (box_area(clipped) >= min_visible * box_area(b)) & (cw >= 2) & (ch >= 2)
             boxes.append(clipped[keep])
             labels.append(raw["labels"][keep])
             crowd.append(raw["iscrowd"][keep])
     if "boxes" in first:
-        out["boxes"] = torch.cat(boxes) if boxes else first["boxes"][:0]
-        out["labels"] = torch.cat(labels) if labels else first["labels"][:0]
-        out["iscrowd"] = torch.cat(crowd) if crowd else first["iscrowd"][:0]
+        out.update(boxes=torch.cat(boxes), labels=torch.cat(labels), iscrowd=torch.cat(crowd))
     if mask is not None:
         out["mask"] = mask
-    if "boxes" not in first and mask is None:
-        raise ValueError("a mosaic needs boxes or masks to tile (an image-level label cannot be)")
     return image, out
 
 
