@@ -65,6 +65,26 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def last_stage(body: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's last stage: the modules (name, module), in order, that turn its
+    second-deepest feature map into the deepest one, so that ``deepest = stage(second)``.
+    Found from timm's ``feature_info``: the children of one parent after the second-deepest
+    map's module, up to and including the deepest map's module (``blocks.5``, ``blocks.6`` of
+    EfficientNet-Lite0; ``layer4`` of a ResNet)."""
+    names = body.feature_info.module_name()
+    second, deepest = names[-2].rsplit(".", 1), names[-1].rsplit(".", 1)
+    parent = second[0] if len(second) == 2 else ""
+    if (deepest[0] if len(deepest) == 2 else "") != parent:
+        raise ModelError(type(body).__name__, f"its last two feature maps ({names[-2]}, {names[-1]}) come from "
+                         "different parent modules: the last stage cannot be split off")
+    owner = body.get_submodule(parent) if parent else body
+    children = list(owner.named_children())
+    keys = [k for k, _ in children]
+    start, stop = keys.index(second[-1]) + 1, keys.index(deepest[-1]) + 1
+    prefix = f"{parent}." if parent else ""
+    return [(prefix + k, m) for k, m in children[start:stop]]
+
+
 def create_backbone(name: str = LITE0, pretrained: bool = True,
                     out_indices: tuple[int, ...] = (2, 3, 4)) -> Backbone:
     """A ``features_only`` timm model returning strides 8, 16, 32."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import rules
-from .backbones import LITE0, create_backbone
+from .backbones import LITE0, create_backbone, last_stage
 from .detection import DetectionConfig
 from .feature_cache import BackboneFeatures
 from .tasks import TASKS, check_pool, decode_batch, spatial_pool
@@ -218,6 +218,10 @@ class FPNNeck(nn.Module):
 class OneHeadNet(nn.Module):
     #: the tasks whose outputs a forward pass returns (None: every task's); set by :meth:`producing`
     only_outputs: tuple[str, ...] | None = None
+    #: True in a run whose stage plans train the backbone's last stage (part ``tail``): a pass on
+    #: cached features then recomputes the deepest map from the cached second-deepest one through
+    #: the model's own last stage, since the cached deepest map is that of the untrained stage
+    live_tail: bool = False
 
     def __init__(self, cfg: ModelConfig | None = None, pretrained: bool | None = None):
         super().__init__()
@@ -320,10 +324,22 @@ class OneHeadNet(nn.Module):
         return self
 
     def backbone_features(self, x: Tensor | BackboneFeatures) -> list[Tensor]:
-        """The backbone's feature maps of images, or the cached maps themselves (channels-last)."""
+        """The backbone's feature maps of images, or the cached maps themselves (channels-last;
+        with :attr:`live_tail`, the deepest one recomputed by the model's last stage)."""
         if isinstance(x, BackboneFeatures):
-            return [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
+            maps = [m.contiguous(memory_format=torch.channels_last) for m in x.maps]
+            if self.live_tail:
+                y = maps[-2]
+                for _, stage in self.last_stage():
+                    y = stage(y)
+                maps[-1] = y
+            return maps
         return self.backbone(x.contiguous(memory_format=torch.channels_last))
+
+    def last_stage(self) -> list[tuple[str, nn.Module]]:
+        """The backbone's modules that turn its second-deepest map into the deepest one (the
+        stage plans' part ``tail``), named as in the backbone (``blocks.5``...)."""
+        return last_stage(self.backbone)
 
     def forward(self, x: Tensor | BackboneFeatures) -> OneHeadOutput:
         """Images, or the backbone's cached feature maps of them (``feature_cache``)."""

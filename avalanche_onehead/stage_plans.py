@@ -5,6 +5,11 @@ A run trains one task per stage.  Its recipe may give every task a :class:`Stage
 every part, as before plans existed.  The parts are
 
 * ``backbone`` - the timm feature extractor (frozen: no gradient, BatchNorm in eval mode);
+* ``tail`` - the backbone's last stage alone (the layers from its stride-16 map to its
+  stride-32 map; ``blocks.5``-``blocks.6`` of Lite0, 2.3 M weights), BatchNorm still in eval
+  mode, at the backbone's learning rate.  A run that trains it keeps the cache: the cached
+  stride-16 map is the last stage's input, and every pass on cached features recomputes the
+  deepest map through the model's own last stage (``OneHeadNet.live_tail``);
 * ``neck`` - the FPN layer;
 * ``head`` - the head's hidden layers;
 * ``output`` - the head's last layer, which emits every task's channel group;
@@ -26,14 +31,15 @@ from avalanche.core import SupervisedPlugin
 
 from .settings import from_known_fields
 
-PARTS = ("backbone", "neck", "head", "output")
+PARTS = ("backbone", "tail", "neck", "head", "output")
+WHOLE = ("backbone", "neck", "head", "output")  # every part (the backbone holds its last stage)
 TASK_OUTPUT = "task_output"  # a plan's only part: the stage's own output channels
 SOLVERS = ("sgd", "logistic")
 
 
 @dataclass
 class StagePlan:
-    train: list[str] = field(default_factory=lambda: list(PARTS))  # the parts that move
+    train: list[str] = field(default_factory=lambda: list(WHOLE))  # the parts that move
     lr: float | None = None  # None: the run's lr
     backbone_lr_mult: float | None = None  # None: the run's
     # linear probe, then fine-tune (Kumar et al., ICLR 2022): the first epochs of the stage
@@ -96,8 +102,15 @@ class StagePlan:
     @property
     def parts(self) -> list[str]:
         """The parts whose parameters get a gradient (``task_output``: the output layer, of which
-        the warm-up keeps all but the stage's own rows still)."""
-        return ["output"] if self.own_output_only else list(self.train)
+        the warm-up keeps all but the stage's own rows still; ``backbone``: its last stage too)."""
+        if self.own_output_only:
+            return ["output"]
+        return list(self.train) + (["tail"] if "backbone" in self.train and "tail" not in self.train else [])
+
+    @property
+    def trains_tail_alone(self) -> bool:
+        """The backbone's last stage moves and the rest of it does not: the cache stays valid."""
+        return "tail" in self.train and "backbone" not in self.train
 
     def warmup_epochs(self, stage_epochs: int) -> int:
         """How many of the stage's epochs fit only its own output channels (by SGD)."""
@@ -136,13 +149,21 @@ def resolve_plans(plan: dict[str, dict[str, Any]], order: list[str]) -> dict[str
 
 
 def uses_cache(plans: dict[str, StagePlan]) -> bool:
-    """The frozen-feature cache is valid only when the backbone never moves."""
+    """The frozen-feature cache is valid only when the backbone never moves (its last stage may:
+    the cache holds its input)."""
     return all("backbone" not in p.parts for p in plans.values())
+
+
+def trains_tail(plans: dict[str, StagePlan]) -> bool:
+    """Some stage moves the backbone's last stage and none the rest of it: passes on cached
+    features must recompute the deepest map (``OneHeadNet.live_tail``)."""
+    return uses_cache(plans) and any(p.trains_tail_alone for p in plans.values())
 
 
 def part_of(name: str, model) -> str:
     if name.startswith("backbone."):
-        return "backbone"
+        tail = tuple(f"backbone.{n}." for n, _ in model.last_stage())
+        return "tail" if name.startswith(tail) else "backbone"
     if name.startswith("neck."):
         return "neck"
     last = f"head.{len(model.head) - 1}."
@@ -167,8 +188,8 @@ def param_groups(model, lr: float, backbone_mult: float, wd: float, output_mult:
     they get no gradient)."""
     plan = plan or StagePlan()
     lr = plan.lr if plan.lr is not None else lr
-    mult = {"backbone": plan.backbone_lr_mult if plan.backbone_lr_mult is not None else backbone_mult,
-            "neck": 1.0, "head": 1.0, "output": output_mult}
+    bb = plan.backbone_lr_mult if plan.backbone_lr_mult is not None else backbone_mult
+    mult = {"backbone": bb, "tail": bb, "neck": 1.0, "head": 1.0, "output": output_mult}
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         part = part_of(name, model)

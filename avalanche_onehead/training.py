@@ -39,7 +39,8 @@ from .model import ModelConfig, OneHeadNet, count_parameters
 from .feature_cache import CacheProgress, build_cache
 from .plugins import EpochCheckpoint, StageEMA, StageProgress, TensorboardExtras, WarmupCosinePlugin
 from .run_folder import RunFolder, empty_progress
-from .stage_plans import HeadWarmup, LogisticFit, StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
+from .stage_plans import (HeadWarmup, LogisticFit, StagePlan, apply_plan, param_groups, resolve_plans,
+                          trains_tail, uses_cache)
 from .settings import from_known_fields, setting
 from .tasks import DEFAULT_ORDER, TASKS
 
@@ -250,6 +251,7 @@ def build_run(cfg: RunConfig, choice: StrategyChoice, root, folder: RunFolder, l
     criterion = OneHeadCriterion(model.task_settings, cfg.task_weights, seg_loss_stride=cfg.seg_loss_stride)
     plans = resolve_plans({} if cfg.joint else cfg.plan, cfg.order)
     benchmark, cache_seconds = build_benchmark(cfg, stream, model, plans, log)
+    model.live_tail = benchmark is not stream.benchmark and trains_tail(plans)
     evaluator, summary_metric, loggers, tensorboard = build_evaluator(cfg, choice.name, stream, model, folder)
     train_exps = list(benchmark.train_stream)
     stages = stage_plan(cfg, train_exps)

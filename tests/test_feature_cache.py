@@ -17,7 +17,8 @@ from avalanche_onehead.checkpoint import read_checkpoint
 from avalanche_onehead.feature_cache import BackboneFeatures, build_cache
 from avalanche_onehead.losses import OneHeadCriterion
 from avalanche_onehead.model import create_model
-from avalanche_onehead.stage_plans import StagePlan, apply_plan, param_groups, resolve_plans, uses_cache
+from avalanche_onehead.stage_plans import (StagePlan, apply_plan, param_groups, part_of, resolve_plans, trains_tail,
+                                          uses_cache)
 from avalanche_onehead.targets import collate_onehead
 from benchmarks import JointTransform, load_split
 from stage_checks import assert_only_own_rows_moved
@@ -70,6 +71,60 @@ def test_a_step_on_cached_features_equals_the_step_on_live_frozen_features(synth
         assert torch.nn.functional.cosine_similarity(g.flatten(), grads16[name].flatten(), dim=0) > 0.999, name
     # the frozen backbone got no gradient and did not move
     assert all(p.grad is None for p in live.backbone.parameters())
+
+
+TAIL = {"train": ["tail", "neck", "head", "output"]}
+
+
+def test_a_step_that_trains_the_last_stage_on_cached_features_equals_the_live_step(synthetic_root, one_thread):
+    """With ``live_tail`` the model recomputes the deepest map from the cached second-deepest one
+    through its own last stage: the same loss, the same gradients for the last stage, neck and head
+    as the whole network on images, and no gradient for the rest of the backbone.  After the last
+    stage has moved, the cached deepest map is stale, and a pass that still read it would differ."""
+    torch.manual_seed(0)
+    live = create_model(pretrained=False)
+    cached = copy.deepcopy(live)
+    plan = StagePlan(**TAIL)
+    for m in (live, cached):
+        apply_plan(m, plan)
+        m.train()
+    cached.live_tail = True
+    ds = _images(synthetic_root, "det")
+    x_live, y, _ = collate_onehead([(*ds[i], 0) for i in range(len(ds))])
+    views = build_cache(cached.backbone, [ds], seed=0, dtype=torch.float32)
+    x, y2, _ = collate_onehead([(*views[i], 0) for i in range(len(views))])
+    (loss_a, grads_a), (loss_b, grads_b) = _one_step(live, x_live, y, plan), _one_step(cached, x, y2, plan)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    tail = {n for n in grads_a if part_of(n, live) == "tail"}
+    assert tail and {n.split(".")[0] for n in grads_a} == {"backbone", "neck", "head"}
+    assert set(grads_a) == set(grads_b) and all(n.startswith(("neck.", "head.")) for n in set(grads_a) - tail)
+    for name, g in grads_a.items():
+        assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=1e-3), name
+    # the step moved the last stage: a pass on the cache now needs it recomputed
+    with torch.no_grad():
+        cached.eval()
+        now = cached(x)
+        cached.live_tail = False
+        stale = cached(x)
+    assert not torch.allclose(now["det"], stale["det"], atol=1e-4)
+
+
+def test_the_last_stage_is_a_part_of_its_own():
+    model = create_model(pretrained=False)
+    names = [n for n, _ in model.last_stage()]
+    assert names == ["blocks.5", "blocks.6"]  # Lite0: stride-16 map (blocks.4) -> stride-32 map (blocks.6)
+    apply_plan(model, StagePlan(**TAIL))
+    moving = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in moving if n.startswith("backbone.")} == {
+        n for n, _ in model.named_parameters() if n.startswith(("backbone.blocks.5.", "backbone.blocks.6."))}
+    groups = {g["name"]: g["lr"] for g in param_groups(model, 1e-3, 0.3, 1e-4, plan=StagePlan(**TAIL))}
+    assert groups["tail"] == pytest.approx(3e-4) and groups["neck"] == pytest.approx(1e-3)  # the backbone's lr
+    assert not model.backbone.training  # BatchNorm of the last stage keeps its ImageNet statistics
+    assert "tail" in StagePlan().parts  # the whole backbone includes its last stage
+    plans = resolve_plans({"seg": FROZEN, "det": TAIL}, ["seg", "det"])
+    assert uses_cache(plans) and trains_tail(plans)
+    assert not trains_tail(resolve_plans({"seg": FROZEN, "det": FROZEN}, ["seg", "det"]))
+    assert not trains_tail(resolve_plans({"seg": FROZEN}, ["seg", "det"]))  # det moves the whole backbone
 
 
 def test_cache_views_are_seeded_and_distinct(synthetic_root, one_thread):
