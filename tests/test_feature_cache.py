@@ -220,6 +220,30 @@ def test_a_cached_run_records_its_plan_and_the_head_warmup_moves_only_the_new_ta
             assert torch.equal(w, after[name]), name
 
 
+def test_a_cached_run_that_trains_the_last_stage_is_scored_like_its_checkpoint_on_images(synthetic_root, tmp_path):
+    """Detection trains the backbone's last stage behind the cache: the rest of the backbone
+    stays exactly as it was, the last stage moves, and the run's scores (on cached validation
+    features, the deepest map recomputed) equal its checkpoint's on the images themselves."""
+    from avalanche_onehead.checkpoint import load_checkpoint
+    from avalanche_onehead.evaluation import evaluate_dataset
+
+    out = _run(tmp_path, synthetic_root, {"seg": {**FROZEN, "views": 2}, "det": {**TAIL, "views": 2}})
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["plan"]["det"]["train"] == TAIL["train"] and m["cache_seconds"] > 0
+    before = read_checkpoint(out / "stage1_seg.pt")["state_dict"]
+    after = read_checkpoint(out / "model.pt")["state_dict"]
+    tail = ("backbone.blocks.5.", "backbone.blocks.6.")
+    backbone = [n for n in before if n.startswith("backbone.")]
+    assert all(torch.equal(before[n], after[n]) for n in backbone if not n.startswith(tail))
+    assert any(not torch.equal(before[n], after[n]) for n in backbone if n.startswith(tail))
+    model, _ = load_checkpoint(out / "model.pt")
+    for task in ("seg", "det"):
+        ds = load_split(synthetic_root, task, "val", JointTransform(SIZE, train=False, mean=model.mean, std=model.std))
+        ds.samples = ds.samples[:8]  # the run's --max-images
+        score = evaluate_dataset(model, ds, task, progress=False)[m["metric_names"][task]]
+        assert score == pytest.approx(m["final"][task], abs=1e-4), task
+
+
 def test_a_task_output_stage_moves_only_its_own_output_channels_in_every_epoch(synthetic_root, tmp_path, capsys):
     """``train: ["task_output"]``: two epochs of detection under LwF and EWC, and nothing but
     detection's rows of the output layer moved, so segmentation's row of the matrix cannot drop."""
