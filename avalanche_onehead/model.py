@@ -14,6 +14,7 @@ the ImageNet features.  The backbone's BatchNorm layers stay in eval mode
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import warnings
 from contextlib import contextmanager
@@ -336,10 +337,16 @@ class OneHeadNet(nn.Module):
             return maps
         return self.backbone(x.contiguous(memory_format=torch.channels_last))
 
+    @functools.cached_property
+    def last_stage_names(self) -> tuple[str, ...]:
+        """The names, in the backbone, of the modules that turn its second-deepest map into the
+        deepest one (the stage plans' part ``tail``: ``blocks.5``, ``blocks.6`` of Lite0).  Found
+        once, when first asked: a backbone whose last stage cannot be split off fails only then."""
+        return tuple(name for name, _ in last_stage(self.backbone))
+
     def last_stage(self) -> list[tuple[str, nn.Module]]:
-        """The backbone's modules that turn its second-deepest map into the deepest one (the
-        stage plans' part ``tail``), named as in the backbone (``blocks.5``...)."""
-        return last_stage(self.backbone)
+        """Those modules, in order, with their names."""
+        return [(name, self.backbone.get_submodule(name)) for name in self.last_stage_names]
 
     def forward(self, x: Tensor | BackboneFeatures) -> OneHeadOutput:
         """Images, or the backbone's cached feature maps of them (``feature_cache``)."""

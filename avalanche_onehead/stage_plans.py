@@ -160,10 +160,17 @@ def trains_tail(plans: dict[str, StagePlan]) -> bool:
     return uses_cache(plans) and any(p.trains_tail_alone for p in plans.values())
 
 
-def part_of(name: str, model) -> str:
+def tail_prefixes(model, plan: StagePlan) -> tuple[str, ...]:
+    """The parameter-name prefixes of the backbone's last stage when ``plan`` trains it apart
+    from the rest of the backbone; otherwise none (the last stage is then simply backbone, and a
+    backbone whose last stage cannot be split off is never asked to)."""
+    return tuple(f"backbone.{n}." for n in model.last_stage_names) if plan.trains_tail_alone else ()
+
+
+def part_of(name: str, model, tail: tuple[str, ...] = ()) -> str:
+    """The plan part a parameter belongs to; ``tail``: :func:`tail_prefixes` of the stage's plan."""
     if name.startswith("backbone."):
-        tail = tuple(f"backbone.{n}." for n, _ in model.last_stage())
-        return "tail" if name.startswith(tail) else "backbone"
+        return "tail" if tail and name.startswith(tail) else "backbone"
     if name.startswith("neck."):
         return "neck"
     last = f"head.{len(model.head) - 1}."
@@ -172,8 +179,9 @@ def part_of(name: str, model) -> str:
 
 def apply_plan(model, plan: StagePlan) -> None:
     """Freeze what the plan keeps still (``requires_grad``); a frozen backbone stays in eval mode."""
+    tail = tail_prefixes(model, plan)
     for name, p in model.named_parameters():
-        p.requires_grad_(part_of(name, model) in plan.parts)
+        p.requires_grad_(part_of(name, model, tail) in plan.parts)
     model.frozen_backbone = "backbone" not in plan.parts
     model.train(model.training)
 
@@ -190,9 +198,10 @@ def param_groups(model, lr: float, backbone_mult: float, wd: float, output_mult:
     lr = plan.lr if plan.lr is not None else lr
     bb = plan.backbone_lr_mult if plan.backbone_lr_mult is not None else backbone_mult
     mult = {"backbone": bb, "tail": bb, "neck": 1.0, "head": 1.0, "output": output_mult}
+    tail = tail_prefixes(model, plan)
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
-        part = part_of(name, model)
+        part = part_of(name, model, tail)
         if part not in plan.parts:
             groups.setdefault(("frozen", False), []).append(p)
             continue
