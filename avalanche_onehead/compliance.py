@@ -139,7 +139,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None,
                    help="checkpoint (.pt) or ONNX export (.onnx); default: build the default model")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="when no --weights is given")
+    p.add_argument("--backbone", default=None,
+                   help="when no --weights is given: the default recipe's model on this timm backbone "
+                        "(default: the recipe's own, experiments/configs/default.json)")
     p.add_argument("--runtime", default=None, choices=RUNTIMES,
                    help="what runs the network: pytorch (default for .pt), onnxruntime (default for .onnx) "
                         "or both (a .pt is exported to a temporary .onnx)")
@@ -162,10 +164,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def default_recipe_model(backbone: str | None = None) -> OneHeadNet:
+    """The network the default recipe trains (its backbone and model settings; random weights:
+    the card counts and times, it does not predict), on ``backbone`` when one is given."""
+    from .backbones import LITE0
+    from .commands.run import default_recipe
+    from .model import create_model
+
+    recipe = default_recipe()
+    return create_model(backbone or recipe.get("backbone", LITE0), pretrained=False,
+                        **recipe.get("model", {}))
+
+
 def run_card(args: argparse.Namespace) -> dict:
     from .checkpoint import load_checkpoint
     from .errors import CheckpointError
-    from .model import ModelConfig, create_model
+    from .model import ModelConfig
     from .onnx_runtime import OnnxModel, is_onnx
 
     onnx_file = args.weights if args.weights and is_onnx(args.weights) else None
@@ -180,7 +194,7 @@ def run_card(args: argparse.Namespace) -> dict:
         if args.weights:
             model, _ = load_checkpoint(args.weights, args.device)
         else:
-            model = create_model(args.backbone, pretrained=False)
+            model = default_recipe_model(args.backbone)
     latency: dict[str, dict] = {}
     if not args.no_latency:
         def measure(m: Any, **kw: Any) -> dict:

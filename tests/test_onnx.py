@@ -205,3 +205,20 @@ def test_predict_runs_on_the_onnx_export(checkpoint, exported, tmp_path):
     assert (a["runtime"], b["runtime"]) == ("pytorch", "onnxruntime")
     assert [t["label"] for t in a["classification"]["top3"]] == [t["label"] for t in b["classification"]["top3"]]
     assert all((tmp_path / "onnx" / f"photo{s}").is_file() for s in (".png", ".json", "_mask.png"))
+
+
+def test_compliance_card_without_weights_describes_the_default_recipes_model(capsys):
+    from avalanche_onehead.commands.run import default_recipe
+    from avalanche_onehead.compliance import main
+
+    recipe = default_recipe()
+    assert main(["--no-latency"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["backbone"] == recipe["backbone"] and card["params_ok"]
+    assert card["neck"]["fixed_semantic_channels"] == recipe["model"]["semantic_channels"]
+    assert main(["--no-latency", "--backbone", "efficientnet_lite2"]) == 0
+    assert json.loads(capsys.readouterr().out)["backbone"] == "efficientnet_lite2"
+    # the recipe's 352 semantic channels do not fit Lite0's 320-channel map: one clear line, exit 2
+    with pytest.raises(SystemExit) as info:
+        main(["--no-latency", "--backbone", "efficientnet_lite0"])
+    assert info.value.code == 2 and "320 channels" in capsys.readouterr().err
