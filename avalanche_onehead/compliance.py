@@ -167,13 +167,12 @@ def main(argv=None) -> int:
 def default_recipe_model(backbone: str | None = None) -> OneHeadNet:
     """The network the default recipe trains (its backbone and model settings; random weights:
     the card counts and times, it does not predict), on ``backbone`` when one is given."""
-    from .backbones import LITE0
     from .commands.run import default_recipe
     from .model import create_model
+    from .training import RunConfig
 
-    recipe = default_recipe()
-    return create_model(backbone or recipe.get("backbone", LITE0), pretrained=False,
-                        **recipe.get("model", {}))
+    recipe = RunConfig.from_dict(default_recipe())  # RunConfig's defaults where the recipe is silent
+    return create_model(backbone or recipe.backbone, pretrained=False, **recipe.model)
 
 
 def run_card(args: argparse.Namespace) -> dict:
